@@ -1,0 +1,43 @@
+"""Evaluation: TOFU metrics (forget quality, model utility), membership-inference attacks, MUSE metrics, reports."""
+
+from .generation import generate_answers, generate_from_ids
+from .mia import mia_auc, min_k_mean, privleak, zlib_length
+from .muse import evaluate_muse, load_muse_split
+from .report import read_evaluation, write_report
+from .rouge import rouge_l, rouge_l_f1, rouge_l_recall
+from .scoring import score_answers, score_examples, score_texts, token_logprob_stats
+from .tofu import (
+    evaluate_tofu,
+    forget_quality,
+    forget_truth_ratio_statistic,
+    harmonic_mean,
+    normalized_probability,
+    retain_truth_ratio_statistic,
+    truth_ratio,
+)
+
+__all__ = [
+    "evaluate_muse",
+    "evaluate_tofu",
+    "forget_quality",
+    "forget_truth_ratio_statistic",
+    "generate_answers",
+    "generate_from_ids",
+    "harmonic_mean",
+    "load_muse_split",
+    "mia_auc",
+    "min_k_mean",
+    "normalized_probability",
+    "privleak",
+    "read_evaluation",
+    "retain_truth_ratio_statistic",
+    "rouge_l",
+    "rouge_l_f1",
+    "rouge_l_recall",
+    "score_answers",
+    "score_examples",
+    "score_texts",
+    "token_logprob_stats",
+    "truth_ratio",
+    "write_report",
+]

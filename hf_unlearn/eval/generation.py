@@ -34,3 +34,30 @@ def generate_answers(
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     return answers
+
+
+@torch.no_grad()
+def generate_from_ids(
+    model,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    max_new_tokens: int = 128,
+    batch_size: int = 32,
+    progress: bool = False,
+    **generate_kwargs,
+) -> list[str]:
+    """Greedy (unless `generate_kwargs` say otherwise) continuations of already tokenized prompts (raw text
+    continuation, e.g. MUSE's VerbMem and KnowMem prompts), left-padded in batches."""
+    continuations = []
+    device = next(model.parameters()).device
+    starts = range(0, len(prompt_ids), batch_size)
+    for start in tqdm(starts, desc="generating", disable=not progress):
+        prompts = [{"input_ids": list(ids), "attention_mask": [1] * len(ids)} for ids in prompt_ids[start : start + batch_size]]
+        batch = pad_examples(prompts, tokenizer.pad_token_id, padding_side="left")
+        batch = {k: v.to(device) for k, v in batch.items()}
+        kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
+        kwargs.update(generate_kwargs)
+        output = model.generate(**batch, **kwargs)
+        new_tokens = output[:, batch["input_ids"].shape[1] :]
+        continuations += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return continuations

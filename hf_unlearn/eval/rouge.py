@@ -24,3 +24,13 @@ def rouge_l_recall(predictions: list[str], references: list[str]) -> list[float]
 
 def rouge_l_f1(predictions: list[str], references: list[str]) -> list[float]:
     return [rouge_l(p, r)[1] for p, r in zip(predictions, references, strict=True)]
+
+
+@lru_cache(maxsize=1)
+def _unstemmed_scorer() -> rouge_scorer.RougeScorer:
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def rouge_l_f1_unstemmed(predictions: list[str], references: list[str]) -> list[float]:
+    """ROUGE-L F1 without stemming, as MUSE scores VerbMem and KnowMem."""
+    return [_unstemmed_scorer().score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references, strict=True)]

@@ -1,0 +1,151 @@
+"""The `hf-unlearn` command line.
+
+Each subcommand is a pair: `_add_<name>_parser(subparsers)` declares its arguments and sets `handler`, and
+`_run_<name>(args) -> int` does the work through the Python API. Every subcommand works under `accelerate launch`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_DATA = {"tofu": "locuslab/TOFU", "muse": "muse-bench/MUSE-News"}
+DEFAULT_MAX_LENGTH = {"tofu": 256, "embedded": 256, "muse": 2048}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-unlearn", description="Make a Hugging Face causal LM forget something, and prove that it did."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_eval_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `hf-unlearn` console script."""
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# hf-unlearn eval
+
+
+def _add_eval_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="Evaluate a model: TOFU (forget quality, model utility, MIA) or MUSE metrics, written as a report.",
+        description=(
+            "Evaluate a model and write evaluation.json / .md / .png into --output_dir. With --benchmark embedded "
+            "and no --model, the embedded benchmark's finetuned and retain models are evaluated."
+        ),
+    )
+    parser.add_argument("--model", help="Model to evaluate: Hub name, local folder or .gguf file.")
+    parser.add_argument("--benchmark", choices=("tofu", "muse", "embedded"), default="embedded")
+    parser.add_argument("--data", help="Data: local folder or Hub name (default: locuslab/TOFU, "
+                        "muse-bench/MUSE-News, or the embedded benchmark's data).")
+    parser.add_argument("--forget_split", default="forget10", help="TOFU forget split (its _perturbed split is used).")
+    parser.add_argument("--retain_split", default="retain_perturbed", help="TOFU retain evaluation split.")
+    parser.add_argument("--holdout_split", help="TOFU holdout split for the MIA AUCs (default: holdoutNN if present).")
+    reference = parser.add_mutually_exclusive_group()
+    reference.add_argument("--reference", help="The retain model's saved evaluation JSON (forget quality, PrivLeak).")
+    reference.add_argument("--retain_model", help="The retain model: it is evaluated first and used as reference.")
+    parser.add_argument("--output_dir", required=True, help="Folder for the report (an earlier report is kept).")
+    parser.add_argument("--label", help="The model's name in the report (default: the model's folder name).")
+    parser.add_argument("--title", default=None, help="Report title.")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--max_new_tokens", type=int, default=48, help="TOFU generation length.")
+    parser.add_argument("--verbmem_max_new_tokens", type=int, default=128, help="MUSE VerbMem generation length.")
+    parser.add_argument("--knowmem_max_new_tokens", type=int, default=32, help="MUSE KnowMem generation length.")
+    parser.add_argument("--max_length", type=int, help="Token limit per example (default: 256 TOFU, 2048 MUSE).")
+    parser.add_argument("--max_items", type=int, help="Evaluate only the first N items of every set.")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default=None)
+    parser.add_argument("--trust_remote_code", action="store_true", help="Allow model code from the Hub (off by default).")
+    parser.add_argument("--no_progress", action="store_true", help="Hide the progress bars.")
+    parser.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from .eval.report import markdown_table, write_report
+
+    if args.model is None and args.benchmark != "embedded":
+        raise SystemExit(f"hf-unlearn eval: --model is required with --benchmark {args.benchmark}.")
+    state = _distributed_state()
+    data = args.data
+    retain_model = args.retain_model
+    models: dict[str, str] = {}
+    if args.benchmark == "embedded":
+        from .embedded_benchmark import build_embedded_benchmark
+
+        benchmark = build_embedded_benchmark()
+        data = data or str(benchmark.data_dir)
+        if args.reference is None and retain_model is None:
+            retain_model = str(benchmark.retain_dir)
+        if args.model is None:
+            models["finetuned"] = str(benchmark.finetuned_dir)
+    data = data or DEFAULT_DATA[args.benchmark]
+    if args.model is not None:
+        models[args.label or Path(args.model.rstrip("/")).name or args.model] = args.model
+
+    results: dict[str, dict] = {}
+    reference = args.reference
+    if retain_model is not None:
+        results["retain"] = _evaluate_model(retain_model, data, args, reference=None, state=state)
+        reference = results["retain"]
+    for label, name in models.items():
+        results[label] = _evaluate_model(name, data, args, reference=reference, state=state)
+
+    if state is None or state.is_main_process:
+        settings = {"command": "hf-unlearn " + " ".join(sys.argv[1:]), "benchmark": args.benchmark, "data": str(data),
+                    "reference": args.reference or retain_model}
+        paths = write_report(results, args.output_dir, title=args.title or f"{args.benchmark} evaluation", settings=settings)
+        print(markdown_table(results))
+        for kind, path in paths.items():
+            print(f"{kind}: {path}")
+    return 0
+
+
+def _evaluate_model(name_or_path: str, data, args, reference, state) -> dict:
+    from .eval.muse import evaluate_muse
+    from .eval.tofu import evaluate_tofu
+    from .modeling import load_causal_lm
+
+    dtype = None if args.dtype in (None, "auto") else getattr(__import__("torch"), args.dtype)
+    model, tokenizer = load_causal_lm(name_or_path, trust_remote_code=args.trust_remote_code, dtype=dtype)
+    model.to(_device(state))
+    max_length = args.max_length or DEFAULT_MAX_LENGTH[args.benchmark]
+    common = {"batch_size": args.batch_size, "max_length": max_length, "progress": not args.no_progress,
+              "accelerator": state, "max_items": args.max_items, "reference": reference}
+    if args.benchmark == "muse":
+        return evaluate_muse(model, tokenizer, data, verbmem_max_new_tokens=args.verbmem_max_new_tokens,
+                             knowmem_max_new_tokens=args.knowmem_max_new_tokens, **common)
+    return evaluate_tofu(model, tokenizer, data, forget_split=args.forget_split, retain_split=args.retain_split,
+                         holdout_split=args.holdout_split, max_new_tokens=args.max_new_tokens, **common)
+
+
+def _distributed_state():
+    """accelerate's `PartialState` when launched on several processes (`accelerate launch`), else None.
+
+    Without a GPU it is asked for CPU processes (gloo): a plain `PartialState()` there sees no distributed setup
+    and every process would evaluate everything alone."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _device(state):
+    import torch
+
+    if state is not None:
+        return state.device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""MUSE metrics (Shi et al., 2024): VerbMem, KnowMem and PrivLeak, on the Hub data set (`muse-bench/MUSE-News`,
+`muse-bench/MUSE-Books`) or a local folder in either of MUSE's layouts.
+
+- VerbMem: ROUGE-L F1 between the greedy continuation of each `verbmem/forget` prompt and its true continuation
+  (`gt`, cut to the same number of tokens as generated, `verbmem_max_new_tokens`).
+- KnowMem: ROUGE-L F1 between the greedy answer and the true answer on `knowmem/forget_qa` (KnowMem-forget) and
+  `knowmem/retain_qa` (KnowMem-retain). Prompts as in MUSE's release: the `*_qa_icl` examples as
+  "Question: {q}\\nAnswer: {a}\\n\\n" (when present), then "Question: {q}\\nAnswer: "; the answer is cut at the first
+  "\\n\\n", "\\nQuestion" or "Question:". ROUGE without stemming, as MUSE scores it.
+- PrivLeak: membership AUCs of `privleak/forget` (members) against `privleak/holdout` texts (see
+  `hf_unlearn.eval.mia`) and (AUC_model - AUC_retain) / AUC_retain of the Min-K% (k = 0.4) attack.
+
+Numbers are fractions in [0, 1] (MUSE's tables show them times 100). MUSE orients its AUC the other way
+(holdout as members: `forget_holdout_Min-40%`) and reports 100 x PrivLeak, so a model that leaks has a negative
+PrivLeak there and a positive one here.
+
+Layouts: the Hub's (`<subset>/<split>-*.parquet`, what `snapshot_download` gives) and the MUSE GitHub
+repository's (`<subset>/<split>.json`: JSON lists of `{prompt, gt}`, `{question, answer}` or, for `privleak`,
+plain strings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..data.formatting import ensure_pad_token
+from .distributed import map_sharded, process_layout
+from .generation import generate_from_ids
+from .mia import ATTACKS, MIN_K_FRACTION, attack_scores, mia_aucs, privleak
+from .rouge import rouge_l_f1_unstemmed
+from .scoring import score_texts
+
+MUSE_HUB_NAME = "muse-bench/MUSE-News"
+COLUMNS = {"verbmem": ("prompt", "gt"), "knowmem": ("question", "answer"), "privleak": ("text",)}
+KNOWMEM_STOP = ("\n\n", "\nQuestion", "Question:")
+PRIVLEAK_ATTACK = "min_k"
+
+
+def load_muse_split(name_or_path: str | os.PathLike, subset: str, split: str, required: bool = True) -> list[dict] | None:
+    """Rows of one MUSE split (`subset` in verbmem / knowmem / privleak) from a local folder or the Hub.
+
+    With `required=False` a split that does not exist gives None (the optional `*_qa_icl` splits).
+    """
+    columns = COLUMNS[subset]
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        rows = _read_local(folder / subset, split)
+        source = f"{folder / subset}/{split}"
+        if rows is None:
+            if not required:
+                return None
+            raise ValueError(
+                f"No MUSE split {subset}/{split} in {folder}: expected {subset}/{split}.json (MUSE's GitHub layout) "
+                f"or {subset}/{split}-*.parquet (the Hub's layout)."
+            )
+    else:
+        from datasets import get_dataset_split_names, load_dataset
+
+        if not required and split not in get_dataset_split_names(str(name_or_path), subset):
+            return None
+        rows = load_dataset(str(name_or_path), subset, split=split).to_list()
+        source = f"{name_or_path} ({subset}/{split})"
+    rows = [{"text": r} if isinstance(r, str) else r for r in rows]
+    missing = [c for c in columns if any(c not in r for r in rows)]
+    if not rows or missing:
+        raise ValueError(f"{source} is not a MUSE {subset} split: it needs non-empty rows with columns {list(columns)}.")
+    return rows
+
+
+def _read_local(folder: Path, split: str) -> list | None:
+    json_file = folder / f"{split}.json"
+    if json_file.is_file():
+        text = json_file.read_text()
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:  # JSON lines
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+    parquet = sorted(folder.glob(f"{split}-*.parquet"))
+    if parquet:
+        from datasets import Dataset
+
+        return Dataset.from_parquet([str(p) for p in parquet]).to_list()
+    return None
+
+
+def evaluate_muse(
+    model,
+    tokenizer,
+    data: str | os.PathLike = MUSE_HUB_NAME,
+    reference: dict | str | os.PathLike | None = None,
+    batch_size: int = 8,
+    verbmem_max_new_tokens: int = 128,
+    knowmem_max_new_tokens: int = 32,
+    max_length: int = 2048,
+    progress: bool = True,
+    accelerator=None,
+    max_items: int | None = None,
+) -> dict:
+    """VerbMem, KnowMem (forget and retain) and membership AUCs on MUSE-format data; PrivLeak when `reference` (the
+    retain model's `evaluate_muse` result, or its saved JSON) is given.
+
+    Prompts longer than `max_length` minus the generation length keep their last tokens; PrivLeak texts are cut
+    to their first `max_length` tokens. Returns a JSON-serialisable dict: `verbmem_f`, `knowmem_f`, `knowmem_r`,
+    `mia_auc_<attack>`, `privleak`, plus `per_item` and `settings`.
+    """
+    from .report import read_evaluation
+
+    start = time.perf_counter()
+    ensure_pad_token(tokenizer)
+    reference_result = read_evaluation(reference) if reference is not None else None
+    if reference_result is not None and reference_result.get(f"mia_auc_{PRIVLEAK_ATTACK}") is None:
+        raise ValueError(f"The reference evaluation has no `mia_auc_{PRIVLEAK_ATTACK}`: pass the retain model's evaluate_muse result.")
+
+    def first(rows):
+        return rows if rows is None or max_items is None else rows[:max_items]
+
+    verbmem = first(load_muse_split(data, "verbmem", "forget"))
+    knowmem = {name: first(load_muse_split(data, "knowmem", f"{name}_qa")) for name in ("forget", "retain")}
+    icl = {name: load_muse_split(data, "knowmem", f"{name}_qa_icl", required=False) for name in ("forget", "retain")}
+    privleak_sets = {name: first(load_muse_split(data, "privleak", name)) for name in ("forget", "holdout")}
+
+    was_training = model.training
+    model.eval()
+    try:
+        # VerbMem: continuations of the forget prompts against the true continuations cut to the same length.
+        verbmem_prompts = [_prompt_ids(tokenizer, r["prompt"], max_length - verbmem_max_new_tokens) for r in verbmem]
+        verbmem_outputs = _generate(model, tokenizer, verbmem_prompts, verbmem_max_new_tokens, batch_size, accelerator, progress, "VerbMem")
+        references = [_first_tokens(tokenizer, r["gt"], verbmem_max_new_tokens) for r in verbmem]
+        verbmem_f1 = rouge_l_f1_unstemmed(verbmem_outputs, references)
+
+        knowmem_results = {}
+        for name, rows in knowmem.items():
+            prefix = "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in icl[name] or [])
+            prompts = [
+                _prompt_ids(tokenizer, prefix + f"Question: {r['question']}\nAnswer: ", max_length - knowmem_max_new_tokens)
+                for r in rows
+            ]
+            outputs = _generate(model, tokenizer, prompts, knowmem_max_new_tokens, batch_size, accelerator, progress, f"KnowMem {name}")
+            outputs = [_cut_at_stop_words(o) for o in outputs]
+            knowmem_results[name] = (outputs, rouge_l_f1_unstemmed(outputs, [r["answer"] for r in rows]))
+
+        texts = {name: [r["text"] for r in rows] for name, rows in privleak_sets.items()}
+        all_texts = texts["forget"] + texts["holdout"]
+        scores = score_texts(model, tokenizer, all_texts, batch_size, max_length, accelerator, progress, "PrivLeak scoring")
+    finally:
+        model.train(was_training)
+    attack = [attack_scores(s["logprobs"], s["zscores"], text) for s, text in zip(scores, all_texts)]
+    members, nonmembers = attack[: len(texts["forget"])], attack[len(texts["forget"]) :]
+
+    result = {
+        "verbmem_f": float(np.mean(verbmem_f1)),
+        "knowmem_f": float(np.mean(knowmem_results["forget"][1])),
+        "knowmem_r": float(np.mean(knowmem_results["retain"][1])),
+        **{f"mia_auc_{a}": auc for a, auc in mia_aucs(members, nonmembers).items()},
+        "privleak": None,
+    }
+    if reference_result is not None:
+        key = f"mia_auc_{PRIVLEAK_ATTACK}"
+        result["privleak"] = privleak(result[key], reference_result[key])
+    per_item = {
+        "verbmem_rougeL_f1": verbmem_f1,
+        "verbmem_generation": verbmem_outputs,
+        **{f"knowmem_{name}_rougeL_f1": f1 for name, (_, f1) in knowmem_results.items()},
+        **{f"knowmem_{name}_generation": out for name, (out, _) in knowmem_results.items()},
+        **{f"mia_forget_{a}": [m[a] for m in members] for a in ATTACKS},
+        **{f"mia_holdout_{a}": [n[a] for n in nonmembers] for a in ATTACKS},
+    }
+    _, num_processes = process_layout(accelerator)
+    result["eval_time_s"] = round(time.perf_counter() - start, 3)
+    result["per_item"] = per_item
+    result["settings"] = {
+        "benchmark": "muse",
+        "data": str(data),
+        "num_items": {"verbmem": len(verbmem), **{f"knowmem_{k}": len(v) for k, v in knowmem.items()},
+                      **{f"privleak_{k}": len(v) for k, v in privleak_sets.items()}},
+        "knowmem_icl_examples": {name: len(rows or []) for name, rows in icl.items()},
+        "model": str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__),
+        "tokenizer": str(getattr(tokenizer, "name_or_path", "")),
+        "dtype": str(next(model.parameters()).dtype),
+        "batch_size": batch_size,
+        "verbmem_max_new_tokens": verbmem_max_new_tokens,
+        "knowmem_max_new_tokens": knowmem_max_new_tokens,
+        "max_length": max_length,
+        "max_items": max_items,
+        "num_processes": num_processes,
+        "min_k_fraction": MIN_K_FRACTION,
+        "privleak_attack": PRIVLEAK_ATTACK,
+        "rouge": "ROUGE-L F1, no stemming",
+        "reference": None if reference is None else (str(reference) if not isinstance(reference, dict) else "dict"),
+    }
+    return result
+
+
+def _prompt_ids(tokenizer, prompt: str, budget: int) -> list[int]:
+    if budget < 1:
+        raise ValueError("max_length leaves no room for the prompt: raise max_length above the generation length.")
+    return tokenizer(prompt, add_special_tokens=True)["input_ids"][-budget:]
+
+
+def _first_tokens(tokenizer, text: str, count: int) -> str:
+    """The text cut to its first `count` tokens (special tokens counted, as MUSE's release does)."""
+    return tokenizer.decode(tokenizer(text, add_special_tokens=True)["input_ids"][:count], skip_special_tokens=True)
+
+
+def _cut_at_stop_words(text: str) -> str:
+    for word in KNOWMEM_STOP:
+        text = text.split(word)[0]
+    return text
+
+
+def _generate(model, tokenizer, prompt_ids, max_new_tokens, batch_size, accelerator, progress, desc) -> list[str]:
+    return map_sharded(
+        prompt_ids,
+        [len(p) for p in prompt_ids],
+        batch_size,
+        lambda batch: generate_from_ids(model, tokenizer, batch, max_new_tokens=max_new_tokens, batch_size=len(batch)),
+        accelerator,
+        progress=progress,
+        desc=desc,
+    )

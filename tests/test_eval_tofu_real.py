@@ -1,0 +1,45 @@
+"""TOFU metrics on real TOFU data with a real pretrained model (SmolLM2-135M-Instruct), on a small sample."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import shared_data
+from hf_unlearn.eval import evaluate_tofu
+from hf_unlearn.eval.tofu import compare_with_reference, resolve_holdout_split
+
+ITEMS = 8
+
+
+@pytest.mark.slow
+def test_tofu_metrics_on_real_data_with_smollm2():
+    from hf_unlearn.modeling import load_smollm2
+
+    data = shared_data("tofu")
+    assert resolve_holdout_split(data, "forget10", None) is None  # the classic TOFU files have no holdout split
+    model, tokenizer = load_smollm2()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # TOFU's retain90 plays the non-members: SmolLM2 never saw any of TOFU, so the AUCs only need to be valid
+        result = evaluate_tofu(model, tokenizer, data, holdout_split="retain90", max_items=ITEMS, batch_size=8,
+                               max_new_tokens=32, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+    assert json.loads(json.dumps(result, allow_nan=False)) == result
+    assert result["settings"]["num_items"] == {"forget": ITEMS, "retain": ITEMS, "real_authors": ITEMS, "world_facts": ITEMS, "holdout": ITEMS}
+    for name in ("forget", "retain", "real_authors", "world_facts"):
+        assert 0 < result[f"{name}_prob"] < 1
+        assert 0 <= result[f"{name}_rougeL_recall"] <= 1
+        assert 0 <= result[f"{name}_truth_ratio"] <= 1
+        assert all(0 < tr < math.inf for tr in result["per_item"][f"{name}_truth_ratio"])
+        assert all(g.strip() for g in result["per_item"][f"{name}_generation"])  # the model answered
+    assert 0 < result["model_utility"] <= 1
+    # an instruction-tuned model knows some real-world facts (measured ROUGE-L recall 0.50 on 8 world facts)
+    assert result["world_facts_rougeL_recall"] > 0.2
+    assert all(0 <= result[f"mia_auc_{a}"] <= 1 for a in ("loss", "zlib", "min_k", "min_k_plus_plus"))
+    assert result["forget_quality"] is None
+    assert compare_with_reference(result, result)["forget_quality"] == 1.0

@@ -1,0 +1,48 @@
+"""Recipes end to end, including `accelerate launch` with two processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ACCELERATE = str(Path(sys.executable).parent / "accelerate")
+
+
+def launch(script: str, args: list[str], num_processes: int = 2, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`accelerate launch --multi_gpu --num_processes N`: on a machine without GPUs this starts N CPU processes on
+    gloo (`--cpu --num_processes N` would silently start one)."""
+    command = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / script), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.mark.slow
+def test_tofu_flat_under_two_processes(embedded, tmp_path):
+    out = tmp_path / "flat"
+    launch("recipes/tofu_flat.py", ["--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "2",
+                                    "--eval_max_items", "8", "--report_to", "none", "--save_strategy", "no"])
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["world_size"] == 2 and {r["rank"] for r in info["ranks"]} == {0, 1}
+    report = json.loads((out / "report" / "evaluation.json").read_text())
+    assert {"retain", "finetuned", "flat"} <= set(report["results"])
+    assert 0.0 <= report["results"]["flat"]["forget_rougeL_recall"] <= 1.0
+    assert (out / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_each_rank_draws_its_own_retain_stream(embedded, tmp_path):
+    out = tmp_path / "grad_diff"
+    launch("recipes/tofu_unlearn.py", ["--method", "grad_diff", "--output_dir", str(out), "--max_steps", "2",
+                                       "--per_device_train_batch_size", "2", "--eval_max_items", "4",
+                                       "--report_to", "none", "--save_strategy", "no"])
+    info = json.loads((out / "run_info.json").read_text())
+    ranks = {r["rank"]: r["retain_draws"] for r in info["ranks"]}
+    assert info["world_size"] == 2 and set(ranks) == {0, 1}
+    assert len(ranks[0]) == 16 and ranks[0] != ranks[1]
