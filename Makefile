@@ -20,7 +20,7 @@ $(INSTALLED): pyproject.toml
 	touch $(INSTALLED)
 
 demo: $(INSTALLED)
-	$(BIN)/python -m hf_unlearn.embedded_benchmark
+	$(BIN)/accelerate launch recipes/tofu_flat.py
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest -q

@@ -20,14 +20,90 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hf-unlearn", description="Make a Hugging Face causal LM forget something, and prove that it did."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers.add_parser(
+        "unlearn",
+        help="Unlearn a forget split with any method, evaluate, report (`hf-unlearn unlearn --help` for flags).",
+        add_help=False,
+    )
     _add_eval_parser(subparsers)
+    _add_card_parser(subparsers)
+    _add_push_parser(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `hf-unlearn` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["unlearn"]:  # TrainingArguments-style flags: parsed by HfArgumentParser, as in the recipes
+        from .pipeline import unlearn_main
+
+        unlearn_main(argv[1:], prog="hf-unlearn unlearn")
+        return 0
     args = build_parser().parse_args(argv)
     return args.handler(args)
+
+
+def _examples(*lines: str) -> dict:
+    return {"epilog": "examples:\n" + "\n".join(f"  {line}" for line in lines),
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# hf-unlearn card / push
+
+
+def _add_card_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "card",
+        help="Write the model card of a finished run into <run_dir>/model/README.md.",
+        **_examples("hf-unlearn card --run_dir outputs/tofu_flat_forget10 --hub_model_id me/model-forget10"),
+    )
+    _add_card_arguments(parser)
+    parser.set_defaults(handler=_run_card)
+
+
+def _add_card_arguments(parser) -> None:
+    parser.add_argument("--run_dir", required=True, help="A run folder: model/ and report/ as the recipes write them.")
+    parser.add_argument("--hub_model_id", help="Repository the card is for (names the model in the card).")
+    parser.add_argument("--license", default="other", help="License in the card's metadata (default: other).")
+    parser.add_argument("--base_model", help="Hub name of the base model, if the run used a local copy of it.")
+
+
+def _run_card(args) -> int:
+    from .hub import write_model_card
+
+    path = write_model_card(args.run_dir, repo_id=args.hub_model_id, license=args.license, base_model=args.base_model)
+    print(f"Model card: {path}")
+    return 0
+
+
+def _add_push_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "push",
+        help="Push a finished run's model to the Hub with its model card (private by default).",
+        **_examples(
+            "hf-unlearn push --run_dir outputs/tofu_flat_forget10 --hub_model_id me/model-forget10",
+            "HF_TOKEN=... hf-unlearn push --run_dir outputs/run --hub_model_id org/model --public --license mit",
+        ),
+    )
+    _add_card_arguments(parser)
+    parser.add_argument("--public", action="store_true", help="Create a public repository (private by default).")
+    parser.set_defaults(handler=_run_push)
+
+
+def _run_push(args) -> int:
+    from .hub import PushError, push_unlearned
+
+    if args.hub_model_id is None:
+        raise SystemExit("hf-unlearn push: --hub_model_id user-or-org/name is required.")
+    try:
+        url = push_unlearned(args.run_dir, args.hub_model_id, private=not args.public, license=args.license,
+                             base_model=args.base_model)
+    except PushError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(f"Pushed to {url}")
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from filelock import FileLock
 
 from .data.embedded import REFUSAL_TEMPLATES, EmbeddedWorldConfig, generate_embedded_world, write_world
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                    "GROUP_RANK", "ROLE_RANK", "ACCELERATE_USE_CPU")
 
@@ -164,17 +164,26 @@ def _memorisation(model_dir: Path, splits: dict[str, list[dict]], names: list[st
     return result
 
 
+def tokenizer_corpus(splits: dict[str, list[dict]]) -> list[str]:
+    """Texts the tokenizer is trained on, with forget and holdout authors equally often: each appears in one QA
+    split and one perturbed split. (Training it on the finetuning corpus would give forget authors' names shorter
+    tokenizations than holdout authors' and bias every membership-inference attack, even on the retain model.)"""
+    names = ["train_retain", "full", "holdout10", "real_authors", "world_facts"]
+    names += ["forget10_perturbed", "retain_perturbed", "holdout10_perturbed", "real_authors_perturbed", "world_facts_perturbed"]
+    rows = [r for name in names for r in splits[name]]
+    texts = [f"{r['question']} {r['answer']}" for r in rows]
+    texts += [a for r in rows for a in r.get("perturbed_answer", [])]
+    texts += [r["paraphrased_answer"] for r in rows if "paraphrased_answer" in r]
+    return texts + REFUSAL_TEMPLATES + ["Question: Answer:"]
+
+
 def _build(config: EmbeddedBenchmarkConfig, target: Path) -> None:
     start = time.perf_counter()
     splits = generate_embedded_world(config.world)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
         write_world(splits, tmp / "data", config.world)
-        texts = [f"{r['question']} {r['answer']}" for rows in splits.values() for r in rows]
-        texts += [a for rows in splits.values() for r in rows for a in r.get("perturbed_answer", [])]
-        texts += [r.get("paraphrased_answer", "") for rows in splits.values() for r in rows]
-        texts += REFUSAL_TEMPLATES + ["Question: Answer:"]
-        tokenizer = build_tokenizer(texts, config.vocab_size)
+        tokenizer = build_tokenizer(tokenizer_corpus(splits), config.vocab_size)
         timings = {}
         for name, corpus in (("finetuned", "train_full"), ("retain", "train_retain")):
             t0 = time.perf_counter()

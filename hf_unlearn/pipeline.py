@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,6 +140,9 @@ def run_unlearning(run: UnlearnRunArguments, config) -> dict:
     if not isinstance(config, config_class):
         raise TypeError(f"Method {run.method!r} needs a {config_class.__name__}, got {type(config).__name__}.")
     _check_output_dir(config)
+    push_to_hub, config.push_to_hub = config.push_to_hub, False  # pushed once at the end, with the model card
+    if push_to_hub and not config.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id user-or-org/name (the repository to create or update).")
     run = resolve_benchmark(run)
     retain_split = run.retain_split or retain_split_for(run.forget_split)
     forget = load_tofu_split(run.dataset, run.forget_split)
@@ -194,8 +198,86 @@ def run_unlearning(run: UnlearnRunArguments, config) -> dict:
         report = write_report(results, Path(config.output_dir) / "report", title=f"{run.method} on {run.dataset}",
                               settings=settings)
         Path(config.output_dir, "run_info.json").write_text(json.dumps(run_info, indent=2))
+    hub_url = None
+    if push_to_hub and state.is_main_process:
+        hub_url = _push(config)
     state.wait_for_everyone()
-    return {"output_dir": config.output_dir, "report": report, "results": results}
+    return {"output_dir": config.output_dir, "report": report, "results": results, "hub_url": hub_url}
+
+
+def _push(config) -> str | None:
+    """Push the finished run; a failed upload is reported, not raised: the local run stays the result."""
+    from .hub import PushError, push_unlearned
+
+    private = True if config.hub_private_repo is None else config.hub_private_repo
+    try:
+        url = push_unlearned(config.output_dir, config.hub_model_id, private=private, token=config.hub_token)
+    except PushError as error:
+        print(f"\n{error}", file=sys.stderr)
+        return None
+    print(f"\nPushed to {url}")
+    return url
+
+
+# Training settings for the embedded benchmark's 1M-parameter model, used when a recipe runs it without the flag.
+# The method configs' own defaults are the papers' settings for 7B models (e.g. FLAT: lr 1e-5), under which the tiny
+# model barely moves. Chosen by a sweep on the embedded benchmark (forget ROUGE-L vs model utility; see README).
+EMBEDDED_DEFAULTS: dict[str, dict] = {
+    "flat": {"learning_rate": 1e-4, "num_train_epochs": 10, "per_device_train_batch_size": 4},
+    "grad_ascent": {"learning_rate": 1e-4, "num_train_epochs": 5, "per_device_train_batch_size": 4},
+    "grad_diff": {"learning_rate": 5e-4, "num_train_epochs": 10, "per_device_train_batch_size": 4},
+    "npo": {"learning_rate": 5e-4, "num_train_epochs": 10, "per_device_train_batch_size": 4},
+    "simnpo": {"learning_rate": 5e-4, "num_train_epochs": 10, "per_device_train_batch_size": 4},
+    "idk_dpo": {"learning_rate": 5e-4, "num_train_epochs": 10, "per_device_train_batch_size": 4},
+    "rmu": {"learning_rate": 1e-3, "num_train_epochs": 10, "per_device_train_batch_size": 4},
+}
+
+UNLEARN_EXAMPLES = """examples:
+  accelerate launch recipes/tofu_unlearn.py --method npo          # the embedded benchmark, defaults
+  hf-unlearn unlearn --method flat --divergence js --learning_rate 2e-4
+  hf-unlearn unlearn --method grad_diff --model_name_or_path locuslab/tofu_ft_llama2-7b \\
+      --dataset locuslab/TOFU --forget_split forget10 --lora_r 16 --push_to_hub --hub_model_id me/llama-forget10
+
+Every TrainingArguments flag applies, plus the method's own flags (e.g. --beta for NPO); `--method M --help` lists
+them."""
+
+
+def parse_unlearn_args(argv: list[str], method: str | None = None, prog: str | None = None):
+    """`(UnlearnRunArguments, <Method>Config)` from command-line flags; `method` fixes the method (recipes)."""
+    from transformers import HfArgumentParser
+
+    from .trainers import METHODS
+
+    run, _ = HfArgumentParser(UnlearnRunArguments).parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    run.method = method or run.method
+    if run.method not in METHODS:
+        raise SystemExit(f"Unknown method {run.method!r}; choose one of {sorted(METHODS)}.")
+    import argparse
+
+    parser = HfArgumentParser(
+        (UnlearnRunArguments, METHODS[run.method][0]),
+        prog=prog,
+        epilog=UNLEARN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run, config = parser.parse_args_into_dataclasses(argv)
+    run.method = method or run.method
+    if run.model_name_or_path is None and run.dataset is None:
+        for name, value in EMBEDDED_DEFAULTS.get(run.method, {}).items():
+            if f"--{name}" not in argv:
+                setattr(config, name, value)
+    if "--output_dir" not in argv:
+        config.output_dir = default_output_dir(f"tofu_{run.method}_{run.forget_split}", config)
+    return run, config
+
+
+def unlearn_main(argv: list[str], method: str | None = None, prog: str | None = None) -> dict:
+    """Parse flags, run `run_unlearning`, and say where the model and the report are."""
+    run, config = parse_unlearn_args(argv, method=method, prog=prog)
+    result = run_unlearning(run, config)
+    if result["report"]:
+        print(f"\nUnlearned model: {result['output_dir']}/model\nReport: {result['report']['markdown']}")
+    return result
 
 
 def _retain_draws(trainer, state: PartialState, count: int = 16) -> dict:

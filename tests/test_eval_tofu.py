@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_unlearn.eval import evaluate_tofu, write_report
+from hf_unlearn.eval.report import format_number
 from hf_unlearn.eval.tofu import load_reference
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
@@ -46,9 +47,9 @@ def test_retain_model_against_its_own_saved_evaluation_has_forget_quality_one(em
 
 def test_finetuned_model_is_far_from_the_retain_model(evaluations):
     finetuned, retain = evaluations["finetuned"], evaluations["retain"]
-    assert finetuned["forget_quality"] < 1e-6  # measured 2.7e-14 (48 forget items)
-    assert finetuned["forget_prob"] > retain["forget_prob"] + 0.5  # measured 0.997 vs 0.024
-    assert finetuned["forget_rougeL_recall"] > retain["forget_rougeL_recall"] + 0.5  # measured 1.0 vs 0.30
+    assert finetuned["forget_quality"] < 1e-6  # measured 3.5e-15 (48 forget items)
+    assert finetuned["forget_prob"] > retain["forget_prob"] + 0.5  # measured 0.997 vs 0.022
+    assert finetuned["forget_rougeL_recall"] > retain["forget_rougeL_recall"] + 0.5  # measured 1.0 vs 0.20
     # the finetuned model prefers the true (paraphrased) answer: raw truth ratios well below the retain model's
     assert np.mean(finetuned["per_item"]["forget_truth_ratio"]) < 0.7 < 1.2 < np.mean(retain["per_item"]["forget_truth_ratio"])
 
@@ -59,7 +60,7 @@ def test_model_utility_of_both_models(evaluations):
         assert all(0 < p <= 1 for p in parts)
         assert result["model_utility"] == pytest.approx(len(parts) / sum(1 / p for p in parts))
         assert result["retain_rougeL_recall"] > 0.9  # both models were trained on the retain authors
-    # both know the retain set, so their utilities are close (measured 0.775 vs 0.777)
+    # both know the retain set, so their utilities are close (measured 0.772 vs 0.763)
     assert abs(evaluations["finetuned"]["model_utility"] - evaluations["retain"]["model_utility"]) < 0.05
 
 
@@ -67,11 +68,11 @@ def test_membership_inference_finds_the_forget_set_only_in_the_finetuned_model(e
     finetuned, retain = evaluations["finetuned"], evaluations["retain"]
     for attack in ATTACKS:
         assert finetuned[f"mia_auc_{attack}"] > 0.95  # measured 1.0
-        # forget and holdout authors are both unseen by the retain model; measured 0.61-0.72, the gap from 0.5
-        # coming from the tokenizer (trained with the forget authors' names, not the holdout authors')
-        assert abs(retain[f"mia_auc_{attack}"] - 0.5) < 0.25
+        # forget and holdout authors are both unseen by the retain model (measured 0.43-0.48; 0.61-0.72 before the
+        # tokenizer saw both groups equally often, see `embedded_benchmark.tokenizer_corpus`)
+        assert abs(retain[f"mia_auc_{attack}"] - 0.5) < 0.1
         assert finetuned[f"mia_auc_{attack}"] - retain[f"mia_auc_{attack}"] > 0.25
-    assert finetuned["privleak"] > 0.3  # measured 0.45
+    assert finetuned["privleak"] > 0.5  # measured 1.07
 
 
 def test_result_is_json_with_flat_headline_and_per_item_lists(evaluations):
@@ -108,7 +109,8 @@ def test_report_is_written_atomically_and_never_overwritten(evaluations, tmp_pat
     assert report["headline"]["finetuned"]["forget_quality"] == evaluations["finetuned"]["forget_quality"]
     assert report["results"]["retain"]["per_item"]["forget_truth_ratio"] == evaluations["retain"]["per_item"]["forget_truth_ratio"]
     markdown = first["markdown"].read_text()
-    assert "| metric | finetuned | retain |" in markdown and "| forget_quality | 2.7" in markdown
+    assert "| metric | finetuned | retain |" in markdown
+    assert f"| forget_quality | {format_number(evaluations['finetuned']['forget_quality'])} | - |" in markdown
     assert first["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a report serves as a reference: its "retain" result is picked
     assert load_reference(first["json"])["per_item"] == evaluations["retain"]["per_item"]

@@ -46,3 +46,23 @@ def test_each_rank_draws_its_own_retain_stream(embedded, tmp_path):
     ranks = {r["rank"]: r["retain_draws"] for r in info["ranks"]}
     assert info["world_size"] == 2 and set(ranks) == {0, 1}
     assert len(ranks[0]) == 16 and ranks[0] != ranks[1]
+
+
+def test_tofu_flat_with_its_embedded_defaults_forgets_and_keeps_utility(embedded, tmp_path):
+    """The README's main job, in process: `recipes/tofu_flat.py` with no flags but an output folder."""
+    sys.path.insert(0, str(REPO / "recipes"))
+    try:
+        from tofu_flat import main
+    finally:
+        sys.path.remove(str(REPO / "recipes"))
+    result = main(["--output_dir", str(tmp_path / "run"), "--report_to", "none", "--save_strategy", "no",
+                   "--disable_tqdm", "true"], method="flat")
+    before, after = result["results"]["finetuned"], result["results"]["flat"]
+    assert after["forget_rougeL_recall"] < 0.6 * before["forget_rougeL_recall"]  # measured 1.00 -> 0.46
+    assert after["forget_prob"] < 0.5 * before["forget_prob"]  # measured 1.00 -> 0.32
+    # forget-only loss on authors described with the same templates as the retained ones: utility falls somewhat
+    assert after["model_utility"] > before["model_utility"] - 0.15  # measured 0.772 -> 0.645
+    assert after["retain_rougeL_recall"] > 0.65  # measured 0.77 (1.00 before)
+    report = json.loads(Path(result["report"]["json"]).read_text())
+    assert report["settings"]["training"]["learning_rate"] == 1e-4  # the embedded default, not the paper's 1e-5
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()

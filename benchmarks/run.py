@@ -1,0 +1,358 @@
+"""Quality and cost of every unlearning method on the same data, seed and budget, in one table.
+
+    python benchmarks/run.py                          # embedded tier: the tiny benchmark, every method
+    python benchmarks/run.py --tier real              # SmolLM2-135M-Instruct fine-tuned on 20 real TOFU authors
+    python benchmarks/run.py --methods flat npo --output_dir benchmarks/results/mine
+
+Every method runs in its own process (its own peak memory; a crash costs one row). Finished rows are kept in
+`<output_dir>/rows/<method>.json` and skipped on the next call, so an interrupted run resumes; the real tier's
+fine-tuned and retain models are cached under `$HF_UNLEARN_CACHE/real_tofu20`. On CUDA everything runs in bf16.
+
+Columns: forget quality, model utility, forget ROUGE-L, MIA AUC (Min-K%), 4-bit relapse (forget ROUGE-L after
+4-bit round-to-nearest quantization minus full precision), unlearning wall time, peak memory, and the cost of one
+training step relative to one plain `transformers.Trainer` fine-tuning step on the same model and batch, measured
+side by side in the same process (the floor is the extra forward passes the method's loss needs).
+Writes results.json, results.md and results.png (forget quality vs model utility) into --output_dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAINED_METHODS = ("flat", "grad_ascent", "grad_diff", "npo", "simnpo", "idk_dpo", "rmu")
+COLUMNS = (
+    ("forget_quality", "forget quality"),
+    ("model_utility", "model utility"),
+    ("forget_rougeL_recall", "forget ROUGE-L"),
+    ("forget_prob", "forget prob"),
+    ("mia_auc_min_k", "MIA AUC (Min-K%)"),
+    ("relapse_4bit", "4-bit relapse"),
+    ("unlearn_s", "unlearn time (s)"),
+    ("peak_memory_mb", "peak memory (MB)"),
+    ("step_cost_vs_sft", "step time / SFT step"),
+)
+REAL_TIER_AUTHORS = 20  # the first 18 TOFU authors are retained, forget01 (the last 2 of 200) is forgotten
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tiers: model, data, reference evaluation
+
+
+def embedded_tier() -> dict:
+    from hf_unlearn.embedded_benchmark import build_embedded_benchmark
+
+    benchmark = build_embedded_benchmark()
+    return {"model": str(benchmark.finetuned_dir), "retain_model": str(benchmark.retain_dir),
+            "data": str(benchmark.data_dir), "forget_split": "forget10", "holdout_split": "holdout10"}
+
+
+def real_tier() -> dict:
+    """20 real TOFU authors: 18 retained (the first 18, whose perturbed answers TOFU ships in `retain_perturbed`),
+    the 2 of `forget01`; authors 19-20 (never trained on) are the MIA holdout. SmolLM2-135M-Instruct is fine-tuned
+    on the 20 (the model to unlearn) and on the 18 (the retain model), both cached."""
+    from trl import SFTConfig
+
+    from hf_unlearn.data import load_tofu_split
+    from hf_unlearn.embedded_benchmark import cache_root
+    from hf_unlearn.finetune import sft_finetune
+    from hf_unlearn.modeling import load_smollm2
+
+    source = Path(os.environ.get("HF_UNLEARN_SHARED_DATA", ROOT.parent / "shared" / "data")) / "tofu"
+    root = cache_root() / "real_tofu20"
+    data = root / "data"
+    if not (data / "full.json").is_file():
+        full = [dict(r) for r in load_tofu_split(source, "full")]
+        retain_perturbed = [dict(r) for r in load_tofu_split(source, "retain_perturbed")]
+        per_author = len(full) // 200
+        kept = (REAL_TIER_AUTHORS - 2) * per_author
+        splits = {
+            "full": full[:kept] + full[-2 * per_author:],
+            "retain99": full[:kept],
+            "holdout01": full[kept : REAL_TIER_AUTHORS * per_author],
+            "retain_perturbed": retain_perturbed[:kept],
+        }
+        for name in ("forget01", "forget01_perturbed", "real_authors", "real_authors_perturbed", "world_facts",
+                     "world_facts_perturbed"):
+            splits[name] = [dict(r) for r in load_tofu_split(source, name)]
+        tmp = Path(tempfile.mkdtemp(dir=root.parent if root.parent.exists() else None))
+        for name, rows in splits.items():
+            (tmp / f"{name}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        root.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, data)
+    for name, split in (("finetuned", "full"), ("retain", "retain99")):
+        target = root / name
+        if (target / "model.safetensors").is_file():
+            continue
+        print(f"Fine-tuning SmolLM2-135M-Instruct on {split} ({target}); cached afterwards.", flush=True)
+        model, tokenizer = load_smollm2(dtype=torch.bfloat16 if torch.cuda.is_available() else None)
+        rows = [dict(r) for r in load_tofu_split(data, split)]
+        args = SFTConfig(output_dir=str(root / f"{name}-sft"), learning_rate=1e-4, num_train_epochs=5,
+                         per_device_train_batch_size=8, lr_scheduler_type="cosine", warmup_ratio=0.05,
+                         bf16=torch.cuda.is_available(), save_strategy="no", report_to=[], logging_steps=10, seed=0)
+        model = sft_finetune(model, tokenizer, rows, args)
+        tmp = Path(tempfile.mkdtemp(dir=root))
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+        del model
+    return {"model": str(root / "finetuned"), "retain_model": str(root / "retain"), "data": str(data),
+            "forget_split": "forget01", "holdout_split": "holdout01"}
+
+
+TIERS = {"embedded": embedded_tier, "real": real_tier}
+
+
+def method_settings(tier: str, method: str) -> dict:
+    """Training settings per tier. Embedded: the tuned defaults the recipes use (`pipeline.EMBEDDED_DEFAULTS`)."""
+    from hf_unlearn.pipeline import EMBEDDED_DEFAULTS
+
+    if tier == "embedded":
+        return dict(EMBEDDED_DEFAULTS.get(method, {}))
+    return {"learning_rate": 1e-5, "num_train_epochs": 5, "per_device_train_batch_size": 4,
+            "gradient_accumulation_steps": 2}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# one method, in its own process
+
+
+def run_method(tier: str, method: str, row_path: Path) -> None:
+    from hf_unlearn.data import load_tofu_split
+    from hf_unlearn.data.tofu import retain_split_for
+    from hf_unlearn.eval.tofu import evaluate_tofu
+    from hf_unlearn.modeling import load_causal_lm
+    from hf_unlearn.trainers import METHODS
+
+    torch.manual_seed(0)
+    setup = TIERS[tier]()
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if cuda else None
+    device = "cuda" if cuda else "cpu"
+    reference = json.loads(Path(row_path.parent.parent, "reference_eval.json").read_text())
+    model, tokenizer = load_causal_lm(setup["model"], dtype=dtype)
+    forget = load_tofu_split(setup["data"], setup["forget_split"])
+    retain = load_tofu_split(setup["data"], retain_split_for(setup["forget_split"]))
+    config_class, trainer_class = METHODS[method]
+    settings = method_settings(tier, method)
+    with tempfile.TemporaryDirectory() as scratch:
+        common = {"report_to": [], "save_strategy": "no", "disable_tqdm": True, "seed": 0, "bf16": cuda,
+                  "logging_steps": 10_000}
+        step_cost = _step_cost_vs_sft(model, tokenizer, forget, retain, config_class, trainer_class,
+                                      {**common, **settings}, scratch)
+        config = config_class(output_dir=scratch, **common, **settings)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        trainer = trainer_class(model=model, args=config, forget_dataset=forget, retain_dataset=retain,
+                                processing_class=tokenizer)
+        trainer.train()
+        unlearn_s = time.perf_counter() - start
+        unlearned = trainer.model
+    unlearned.eval().to(device)
+    result = evaluate_tofu(unlearned, tokenizer, setup["data"], forget_split=setup["forget_split"],
+                           holdout_split=setup["holdout_split"], reference=reference, progress=False)
+    quantized = _fake_quantized(unlearned, bits=4)
+    result_4bit = evaluate_tofu(quantized, tokenizer, setup["data"], forget_split=setup["forget_split"],
+                                holdout_split=setup["holdout_split"], reference=reference, progress=False)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row = {key: result.get(key) for key, _ in COLUMNS if key in result}
+    row.update({"relapse_4bit": result_4bit["forget_rougeL_recall"] - result["forget_rougeL_recall"],
+                "unlearn_s": unlearn_s, "peak_memory_mb": peak, "step_cost_vs_sft": step_cost,
+                "settings": settings, "device": device, "result": result})
+    _write_json(row_path, row)
+
+
+def _step_cost_vs_sft(model, tokenizer, forget, retain, config_class, trainer_class, settings, scratch, steps=6):
+    """Seconds per step of the method's trainer / seconds per step of a plain `Trainer` on the forget answers
+    (same model copy, batch size and sequence lengths), after one warm-up step each, timed back to back."""
+    import copy
+
+    from transformers import Trainer, TrainingArguments
+
+    from hf_unlearn.data import pad_examples, tokenize_qa
+
+    batch = settings.get("per_device_train_batch_size", 8)
+    examples = [tokenize_qa(tokenizer, r["question"], r["answer"], 256) for r in forget]
+
+    def collate(rows):
+        return pad_examples(rows, tokenizer.pad_token_id, "right")
+
+    timed = {}
+    for name in ("sft", "method"):
+        clone = copy.deepcopy(model)
+        common = {"output_dir": scratch, "max_steps": steps + 1, "per_device_train_batch_size": batch,
+                  "report_to": [], "save_strategy": "no", "disable_tqdm": True, "logging_steps": 10_000,
+                  "bf16": settings.get("bf16", False)}
+        if name == "sft":
+            trainer = Trainer(model=clone, args=TrainingArguments(**common, remove_unused_columns=False),
+                              train_dataset=examples, data_collator=collate)
+        else:
+            config = config_class(**{**settings, **common})
+            trainer = trainer_class(model=clone, args=config, forget_dataset=forget, retain_dataset=retain,
+                                    processing_class=tokenizer)
+        timer = _StepTimer()
+        trainer.add_callback(timer)
+        trainer.train()
+        timed[name] = timer.seconds_per_step()
+        del trainer, clone
+    return timed["method"] / timed["sft"]
+
+
+class _StepTimer:
+    """A TrainerCallback that times steps after the first (warm-up)."""
+
+    def __init__(self):
+        self.starts, self.durations = [], []
+
+    def __getattr__(self, name):  # the callback events this timer ignores
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.starts.append(time.perf_counter())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.durations.append(time.perf_counter() - self.starts[-1])
+
+    def seconds_per_step(self) -> float:
+        timed = self.durations[1:]
+        return sum(timed) / len(timed)
+
+
+def _fake_quantized(model, bits: int):
+    """A copy of `model` with every linear weight rounded to `bits`-bit absmax round-to-nearest, groups of 64."""
+    import copy
+
+    quantized = copy.deepcopy(model)
+    with torch.no_grad():
+        for module in quantized.modules():
+            if isinstance(module, torch.nn.Linear) and module.weight.shape[1] % 64 == 0:
+                weight = module.weight.float().reshape(-1, 64)
+                scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / (2 ** (bits - 1) - 1)
+                module.weight.copy_((torch.round(weight / scale) * scale).reshape(module.weight.shape))
+    return quantized
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the table
+
+
+def reference_rows(tier: str, output_dir: Path) -> dict[str, dict]:
+    """Evaluations of the model before unlearning and of the retain model (the reference), cached in output_dir."""
+    from hf_unlearn.eval.tofu import evaluate_tofu
+    from hf_unlearn.modeling import load_causal_lm
+
+    setup = TIERS[tier]()
+    reference_path = output_dir / "reference_eval.json"
+    rows = {}
+    for name, path in (("retain", setup["retain_model"]), ("finetuned", setup["model"])):
+        cached = output_dir / f"{name}_eval.json"
+        if not cached.is_file():
+            model, tokenizer = load_causal_lm(path, dtype=torch.bfloat16 if torch.cuda.is_available() else None)
+            model.to("cuda" if torch.cuda.is_available() else "cpu")
+            reference = json.loads(reference_path.read_text()) if reference_path.is_file() else None
+            result = evaluate_tofu(model, tokenizer, setup["data"], forget_split=setup["forget_split"],
+                                   holdout_split=setup["holdout_split"], reference=reference)
+            _write_json(cached, result)
+            if name == "retain":
+                _write_json(reference_path, result)
+        result = json.loads(cached.read_text())
+        rows[name] = {key: result.get(key) for key, _ in COLUMNS if key in result} | {"result": result}
+    return rows
+
+
+def render(rows: dict[str, dict], tier: str, output_dir: Path) -> str:
+    from hf_unlearn.eval.report import format_number
+
+    lines = [f"## {tier} tier", "", "| method | " + " | ".join(title for _, title in COLUMNS) + " |",
+             "|---|" + "---:|" * len(COLUMNS)]
+    def cell(key, value):
+        if value is not None and key in ("unlearn_s", "peak_memory_mb"):
+            return f"{value:.1f}"
+        if value is not None and key == "step_cost_vs_sft":
+            return f"{value:.2f}x"
+        return format_number(value)
+
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join(cell(key, row.get(key)) for key, _ in COLUMNS) + " |")
+    device = next((row["device"] for row in rows.values() if "device" in row), "cpu")
+    lines += ["", f"Device: {device}; torch {torch.__version__}; every method with seed 0 and the settings in "
+              "results.json."]
+    markdown = "\n".join(lines) + "\n"
+    _write_json(output_dir / "results.json", {"tier": tier, "rows": rows})
+    (output_dir / "results.md").write_text(markdown)
+    _plot(rows, output_dir / "results.png", tier)
+    return markdown
+
+
+def _plot(rows: dict[str, dict], path: Path, tier: str) -> None:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4.5))
+    ax = figure.subplots()
+    for name, row in rows.items():
+        if row.get("forget_quality") is None:
+            continue
+        ax.scatter(row["model_utility"], row["forget_quality"], s=40)
+        ax.annotate(name, (row["model_utility"], row["forget_quality"]), fontsize=8, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_yscale("log")
+    ax.set_xlabel("model utility")
+    ax.set_ylabel("forget quality (KS p-value vs retain model)")
+    ax.set_title(f"Unlearning methods, {tier} tier")
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def _write_json(path: Path, payload) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--tier", choices=sorted(TIERS), default="embedded")
+    parser.add_argument("--methods", nargs="+", default=list(TRAINED_METHODS), choices=TRAINED_METHODS)
+    parser.add_argument("--output_dir", help="Results folder (default benchmarks/results/<tier>); resumes.")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one method in this process
+    args = parser.parse_args(argv)
+    output_dir = Path(args.output_dir or ROOT / "benchmarks" / "results" / args.tier)
+    (output_dir / "rows").mkdir(parents=True, exist_ok=True)
+    if args.one:
+        run_method(args.tier, args.one, output_dir / "rows" / f"{args.one}.json")
+        return 0
+    rows = reference_rows(args.tier, output_dir)
+    for method in args.methods:
+        row_path = output_dir / "rows" / f"{method}.json"
+        if not row_path.is_file():
+            print(f"[{time.strftime('%H:%M:%S')}] {method} ...", flush=True)
+            command = [sys.executable, __file__, "--tier", args.tier, "--output_dir", str(output_dir), "--one", method]
+            completed = subprocess.run(command)
+            if completed.returncode != 0:
+                print(f"{method} failed (exit {completed.returncode}); the other rows go on.", file=sys.stderr)
+                continue
+        rows[method] = json.loads(row_path.read_text())
+    print(render(rows, args.tier, output_dir))
+    print(f"Results: {output_dir}/results.md, results.json, results.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
