@@ -276,7 +276,12 @@ def unlearn_main(argv: list[str], method: str | None = None, prog: str | None = 
     run, config = parse_unlearn_args(argv, method=method, prog=prog)
     result = run_unlearning(run, config)
     if result["report"]:
-        print(f"\nUnlearned model: {result['output_dir']}/model\nReport: {result['report']['markdown']}")
+        from .eval.report import markdown_table
+
+        keys = ("forget_quality", "model_utility", "forget_rougeL_recall", "forget_prob", "mia_auc_min_k", "privleak")
+        summary = {label: {k: r.get(k) for k in keys} for label, r in result["results"].items()}
+        print(f"\n{markdown_table(summary)}\n\nUnlearned model: {result['output_dir']}/model\n"
+              f"Report: {result['report']['markdown']} (JSON and plot beside it)")
     return result
 
 
