@@ -17,6 +17,17 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture
+def single_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they lose a lot."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def embedded():
     """The embedded benchmark (built once into the cache, then reused)."""

@@ -6,18 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from hf_unlearn.cli import main
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_console_script_lists_eval():

@@ -79,7 +79,6 @@ def test_generator_is_deterministic_and_tofu_schema(tmp_path):
         assert row["paraphrased_answer"] not in row["perturbed_answer"]
         assert len(set(row["perturbed_answer"])) == 5
     # the retain model's corpus never mentions a forget10 author
-    forget_names = {r["question"].split(" was ")[0] for r in a["forget10"]}
     retain_text = " ".join(r["question"] + r["answer"] for r in a["train_retain"])
     held_out = {r["answer"].split(" was born in ")[0] for r in a["forget10"] if " was born in " in r["answer"]}
     assert held_out and not any(name in retain_text for name in held_out)

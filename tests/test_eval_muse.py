@@ -12,13 +12,7 @@ from hf_unlearn.data import load_tofu_split
 from hf_unlearn.eval import evaluate_muse, load_muse_split, write_report
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _muse_sets(embedded) -> dict[tuple[str, str], list]:

@@ -7,13 +7,7 @@ from hf_unlearn.data import load_tofu_split, tokenize_qa
 from hf_unlearn.eval.scoring import mean_nll, score_answers, score_texts
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
