@@ -57,10 +57,36 @@ def embedded_tier() -> dict:
             "data": str(benchmark.data_dir), "forget_split": "forget10", "holdout_split": "holdout10"}
 
 
+def real_tier_data(source: Path, target: Path) -> Path:
+    """Write the real tier's TOFU-schema folder: 18 retained authors (the first 18, whose perturbed answers TOFU
+    ships in `retain_perturbed`), the 2 of `forget01`, and authors 19-20 as the never-trained MIA holdout."""
+    from hf_unlearn.data import load_tofu_split
+
+    if (target / "full.json").is_file():
+        return target
+    full = [dict(r) for r in load_tofu_split(source, "full")]
+    per_author = len(full) // 200
+    kept = (REAL_TIER_AUTHORS - 2) * per_author
+    splits = {
+        "full": full[:kept] + full[-2 * per_author :],
+        "retain99": full[:kept],
+        "holdout01": full[kept : REAL_TIER_AUTHORS * per_author],
+        "retain_perturbed": [dict(r) for r in load_tofu_split(source, "retain_perturbed")][:kept],
+    }
+    for name in ("forget01", "forget01_perturbed", "real_authors", "real_authors_perturbed", "world_facts",
+                 "world_facts_perturbed"):
+        splits[name] = [dict(r) for r in load_tofu_split(source, name)]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent))
+    for name, rows in splits.items():
+        (tmp / f"{name}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, target)
+    return target
+
+
 def real_tier() -> dict:
-    """20 real TOFU authors: 18 retained (the first 18, whose perturbed answers TOFU ships in `retain_perturbed`),
-    the 2 of `forget01`; authors 19-20 (never trained on) are the MIA holdout. SmolLM2-135M-Instruct is fine-tuned
-    on the 20 (the model to unlearn) and on the 18 (the retain model), both cached."""
+    """SmolLM2-135M-Instruct fine-tuned on the 20 authors of `real_tier_data` (the model to unlearn) and on the 18
+    retained ones (the retain model), both cached."""
     from trl import SFTConfig
 
     from hf_unlearn.data import load_tofu_split
@@ -70,26 +96,7 @@ def real_tier() -> dict:
 
     source = Path(os.environ.get("HF_UNLEARN_SHARED_DATA", ROOT.parent / "shared" / "data")) / "tofu"
     root = cache_root() / "real_tofu20"
-    data = root / "data"
-    if not (data / "full.json").is_file():
-        full = [dict(r) for r in load_tofu_split(source, "full")]
-        retain_perturbed = [dict(r) for r in load_tofu_split(source, "retain_perturbed")]
-        per_author = len(full) // 200
-        kept = (REAL_TIER_AUTHORS - 2) * per_author
-        splits = {
-            "full": full[:kept] + full[-2 * per_author:],
-            "retain99": full[:kept],
-            "holdout01": full[kept : REAL_TIER_AUTHORS * per_author],
-            "retain_perturbed": retain_perturbed[:kept],
-        }
-        for name in ("forget01", "forget01_perturbed", "real_authors", "real_authors_perturbed", "world_facts",
-                     "world_facts_perturbed"):
-            splits[name] = [dict(r) for r in load_tofu_split(source, name)]
-        tmp = Path(tempfile.mkdtemp(dir=root.parent if root.parent.exists() else None))
-        for name, rows in splits.items():
-            (tmp / f"{name}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        root.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, data)
+    data = real_tier_data(source, root / "data")
     for name, split in (("finetuned", "full"), ("retain", "retain99")):
         target = root / name
         if (target / "model.safetensors").is_file():
@@ -98,7 +105,7 @@ def real_tier() -> dict:
         model, tokenizer = load_smollm2(dtype=torch.bfloat16 if torch.cuda.is_available() else None)
         rows = [dict(r) for r in load_tofu_split(data, split)]
         args = SFTConfig(output_dir=str(root / f"{name}-sft"), learning_rate=1e-4, num_train_epochs=5,
-                         per_device_train_batch_size=8, lr_scheduler_type="cosine", warmup_ratio=0.05,
+                         per_device_train_batch_size=8, lr_scheduler_type="cosine", warmup_steps=0.05,
                          bf16=torch.cuda.is_available(), save_strategy="no", report_to=[], logging_steps=10, seed=0)
         model = sft_finetune(model, tokenizer, rows, args)
         tmp = Path(tempfile.mkdtemp(dir=root))

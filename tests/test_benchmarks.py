@@ -1,0 +1,45 @@
+"""benchmarks/run.py: one method on the embedded tier end to end (table, JSON, plot, resume), and the real tier's
+data split."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO, shared_data
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from run import real_tier_data  # noqa: E402
+
+sys.path.remove(str(REPO / "benchmarks"))
+
+
+def test_embedded_tier_writes_the_table_and_resumes(embedded, tmp_path):
+    command = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--methods", "grad_ascent", "--output_dir", str(tmp_path)]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    row = results["rows"]["grad_ascent"]
+    for key in ("forget_quality", "model_utility", "forget_rougeL_recall", "mia_auc_min_k", "relapse_4bit",
+                "unlearn_s", "peak_memory_mb", "step_cost_vs_sft"):
+        assert row[key] is not None, key
+    assert row["step_cost_vs_sft"] > 0.5  # a ratio of two measured step times
+    finetuned = results["rows"]["finetuned"]
+    assert row["forget_rougeL_recall"] < finetuned["forget_rougeL_recall"]  # it unlearned something
+    assert "| grad_ascent |" in first.stdout and (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+    # a second call reuses the finished row instead of training again
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and "grad_ascent ..." not in again.stdout
+    assert json.loads((tmp_path / "results.json").read_text())["rows"]["grad_ascent"]["unlearn_s"] == row["unlearn_s"]
+
+
+def test_real_tier_data_is_twenty_authors_with_a_holdout(tmp_path):
+    folder = real_tier_data(shared_data("tofu"), tmp_path / "data")
+
+    def rows(name):
+        return [json.loads(line) for line in (folder / f"{name}.json").read_text().splitlines()]
+
+    full, retain, forget, holdout = rows("full"), rows("retain99"), rows("forget01"), rows("holdout01")
+    assert (len(full), len(retain), len(forget), len(holdout)) == (400, 360, 40, 40)
+    questions = {r["question"] for r in full}
+    assert {r["question"] for r in forget} <= questions and not {r["question"] for r in holdout} & questions
+    assert [r["question"] for r in rows("retain_perturbed")] == [r["question"] for r in retain]
