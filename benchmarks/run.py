@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAINED_METHODS = ("flat", "grad_ascent", "grad_diff", "npo", "simnpo", "idk_dpo", "rmu")
+TRAINED_METHODS = ("flat", "grad_ascent", "grad_diff", "npo", "simnpo", "idk_dpo", "rmu", "uld")
 COLUMNS = (
     ("forget_quality", "forget quality"),
     ("model_utility", "model utility"),
@@ -165,7 +165,7 @@ def run_method(tier: str, method: str, row_path: Path) -> None:
                                 processing_class=tokenizer)
         trainer.train()
         unlearn_s = time.perf_counter() - start
-        unlearned = trainer.model
+        unlearned = trainer.evaluation_model()
     unlearned.eval().to(device)
     result = evaluate_tofu(unlearned, tokenizer, setup["data"], forget_split=setup["forget_split"],
                            holdout_split=setup["holdout_split"], reference=reference, progress=False)

@@ -33,8 +33,11 @@ class PushError(RuntimeError):
 
 
 def model_kind(model_dir: str | os.PathLike) -> str:
-    """`"adapter"` for a PEFT adapter folder, `"model"` for full weights; raises if neither is there."""
+    """`"uld"` for a ULD assistant (adapter + `uld_config.json`), `"adapter"` for a PEFT adapter, `"model"` for full
+    weights; raises if none is there."""
     folder = Path(model_dir)
+    if (folder / "uld_config.json").is_file():
+        return "uld"
     if (folder / "adapter_config.json").is_file():
         return "adapter"
     if any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file():
@@ -94,7 +97,7 @@ def render_model_card(
     card_data = ModelCardData(
         base_model=base_model if HUB_ID.match(base_model) else None,
         datasets=[dataset] if HUB_ID.match(dataset) else None,
-        library_name="peft" if kind == "adapter" else "transformers",
+        library_name={"adapter": "peft", "uld": "hf_unlearn"}.get(kind, "transformers"),
         license=license,
         pipeline_tag="text-generation",
         tags=["unlearning", "hf_unlearn", method],
@@ -126,6 +129,15 @@ def render_model_card(
 
 
 def _loading_snippet(kind: str, location: str) -> str:
+    if kind == "uld":
+        return (
+            "A ULD assistant (LoRA adapter on the target's first layers) with its `alpha` and `tau` in "
+            "`uld_config.json`; the unlearned model is the logit difference of the target and the assistant:\n\n"
+            "```python\nfrom hf_unlearn import ULDModel\nfrom transformers import AutoTokenizer\n\n"
+            f'model = ULDModel.from_pretrained("{location}")   # loads the target named in uld_config.json\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{location}")\n'
+            'output = model.generate(**tokenizer("...", return_tensors="pt"), max_new_tokens=64)\n```'
+        )
     if kind == "adapter":
         return (
             "A PEFT adapter on the base model (PEFT loads the base named in `adapter_config.json`):\n\n"

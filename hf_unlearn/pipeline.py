@@ -230,6 +230,8 @@ EMBEDDED_DEFAULTS: dict[str, dict] = {
     "simnpo": {"learning_rate": 5e-4, "num_train_epochs": 10, "per_device_train_batch_size": 4},
     "idk_dpo": {"learning_rate": 5e-4, "num_train_epochs": 10, "per_device_train_batch_size": 4},
     "rmu": {"learning_rate": 1e-3, "num_train_epochs": 10, "per_device_train_batch_size": 4},
+    "uld": {"learning_rate": 3e-3, "num_train_epochs": 10, "per_device_train_batch_size": 4, "assistant_layers": 0.5,
+            "assistant_lora_r": 32, "assistant_lora_alpha": 64, "assistant_weight": 1.0},
 }
 
 UNLEARN_EXAMPLES = """examples:

@@ -161,3 +161,16 @@ def test_bad_input_fails_before_any_work(tmp_path):
     completed = subprocess.run([*CLI, "unlearn", "--push_to_hub", "--output_dir", str(tmp_path / "x")],
                                capture_output=True, text=True, timeout=300)
     assert completed.returncode != 0 and "--hub_model_id" in completed.stderr
+
+
+def test_model_kind_tells_full_models_adapters_and_uld_apart(tmp_path):
+    from hf_unlearn.hub import model_kind
+
+    with pytest.raises(FileNotFoundError, match="no safetensors weights"):
+        model_kind(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert model_kind(tmp_path) == "model"
+    (tmp_path / "adapter_config.json").write_text("{}")
+    assert model_kind(tmp_path) == "adapter"
+    (tmp_path / "uld_config.json").write_text("{}")
+    assert model_kind(tmp_path) == "uld"

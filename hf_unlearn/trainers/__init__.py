@@ -6,6 +6,7 @@ from .idk_dpo import IdkDPOConfig, IdkDPOTrainer, dpo_loss
 from .npo import NPOConfig, NPOTrainer, npo_loss
 from .rmu import RMUConfig, RMUTrainer, rmu_loss
 from .simnpo import SimNPOConfig, SimNPOTrainer, simnpo_loss
+from .uld import ULDConfig, ULDTrainer, uld_loss, uniform_loss
 
 # Method names as the CLI and recipes spell them.
 METHODS = {
@@ -16,6 +17,7 @@ METHODS = {
     "simnpo": (SimNPOConfig, SimNPOTrainer),
     "idk_dpo": (IdkDPOConfig, IdkDPOTrainer),
     "rmu": (RMUConfig, RMUTrainer),
+    "uld": (ULDConfig, ULDTrainer),
 }
 
 __all__ = [
@@ -34,6 +36,8 @@ __all__ = [
     "RMUTrainer",
     "SimNPOConfig",
     "SimNPOTrainer",
+    "ULDConfig",
+    "ULDTrainer",
     "UnlearnConfig",
     "UnlearnTrainer",
     "dpo_loss",
@@ -43,4 +47,6 @@ __all__ = [
     "npo_loss",
     "rmu_loss",
     "simnpo_loss",
+    "uld_loss",
+    "uniform_loss",
 ]

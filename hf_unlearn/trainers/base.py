@@ -245,13 +245,17 @@ class UnlearnTrainer(Trainer):
             self._logged.clear()
         super().log(logs, *args, **kwargs)
 
+    def evaluation_model(self):
+        """The model the evaluation core judges: the trained model itself, for most methods."""
+        return self.accelerator.unwrap_model(self.model)
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Evaluate with the TOFU evaluation core on `args.eval_data` (every process takes part)."""
         if self.args.eval_data is None:
             raise ValueError("Set `eval_data` in the config (a TOFU-schema folder or Hub name) to evaluate.")
         from ..eval.tofu import evaluate_tofu
 
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.evaluation_model()
         was_training = model.training
         model.eval()
         result = evaluate_tofu(
