@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parser(subparsers)
     _add_card_parser(subparsers)
     _add_push_parser(subparsers)
+    _add_antidote_parser(subparsers)
     return parser
 
 
@@ -117,6 +118,12 @@ def _add_eval_parser(subparsers) -> None:
         description=(
             "Evaluate a model and write evaluation.json / .md / .png into --output_dir. With --benchmark embedded "
             "and no --model, the embedded benchmark's finetuned and retain models are evaluated."
+        ),
+        **_examples(
+            "hf-unlearn eval --benchmark embedded --output_dir eval-embedded",
+            "hf-unlearn eval --benchmark tofu --model outputs/tofu_flat_forget10/model --data locuslab/TOFU \\",
+            "    --forget_split forget10 --reference retain_eval.json --output_dir eval-flat",
+            "accelerate launch -m hf_unlearn.cli eval --benchmark muse --model my-model --output_dir eval-muse",
         ),
     )
     parser.add_argument("--model", help="Model to evaluate: Hub name, local folder or .gguf file.")
@@ -221,6 +228,81 @@ def _device(state):
     if state is not None:
         return state.device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# hf-unlearn antidote
+
+
+def _add_antidote_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "antidote",
+        help="Prune the weights harmful fine-tuning added (Antidote), from harmful prompt + answer rows.",
+        **_examples(
+            "hf-unlearn antidote --model_name_or_path my-lora-adapter --dense_ratio 0.2 --output_dir pruned",
+            "hf-unlearn antidote --model_name_or_path my-model --realignment_data harmful.jsonl \\",
+            "    --target_modules q_proj k_proj v_proj o_proj --score magnitude --output_dir pruned-magnitude",
+        ),
+    )
+    parser.add_argument("--model_name_or_path", required=True,
+                        help="A model, or a PEFT adapter folder (its LoRA weights are pruned).")
+    parser.add_argument("--realignment_data", help="Harmful rows: AdvBench's harmful_behaviors.csv (goal,target) or "
+                        "JSON lines with question/answer (default: AdvBench from the shared data).")
+    parser.add_argument("--dense_ratio", type=float, default=0.1, help="Fraction of each row to zero (default 0.1).")
+    parser.add_argument("--score", choices=("wanda", "magnitude", "random"), default="wanda")
+    parser.add_argument("--target_modules", nargs="+", default=["q_proj", "k_proj", "v_proj"])
+    parser.add_argument("--max_rows", type=int, default=128, help="Re-alignment rows to calibrate on.")
+    parser.add_argument("--output_dir", required=True, help="New folder for the pruned model and its summary.")
+    parser.add_argument("--trust_remote_code", action="store_true")
+    parser.set_defaults(handler=_run_antidote)
+
+
+def _run_antidote(args) -> int:
+    import json
+    from dataclasses import asdict
+
+    from .files import atomic_write
+    from .pruning import AntidoteConfig, antidote_prune
+
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise SystemExit(f"hf-unlearn antidote: {output_dir} already holds files; pick a new --output_dir.")
+    config = AntidoteConfig(dense_ratio=args.dense_ratio, score=args.score, target_modules=args.target_modules)
+    rows = _realignment_rows(args.realignment_data)[: args.max_rows] if args.score == "wanda" else None
+    model, tokenizer = _load_model_or_adapter(args.model_name_or_path, args.trust_remote_code)
+    model, summary = antidote_prune(model, tokenizer, rows, config)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    atomic_write(output_dir / "antidote_summary.json", json.dumps(asdict(summary), indent=2))
+    print(f"Pruned {sum(summary.pruned.values())} of {sum(summary.total.values())} weights in "
+          f"{len(summary.pruned)} modules ({args.score}, dense_ratio {args.dense_ratio}); saved to {output_dir}")
+    return 0
+
+
+def _realignment_rows(path: str | None) -> list[dict]:
+    from .pruning.harmful_finetuning import compliance_rows, load_advbench
+
+    if path is None or path.endswith(".csv"):
+        return compliance_rows(load_advbench(path))
+    import json
+
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    if not rows or not {"question", "answer"} <= set(rows[0]):
+        raise SystemExit(f"hf-unlearn antidote: {path} needs JSON lines with 'question' and 'answer'.")
+    return rows
+
+
+def _load_model_or_adapter(name_or_path: str, trust_remote_code: bool):
+    """A PEFT adapter folder loads with its base model (as a PeftModel); anything else through `load_causal_lm`."""
+    from .modeling import load_causal_lm
+
+    if Path(name_or_path, "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+        from transformers import AutoTokenizer
+
+        model = AutoPeftModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        return model, AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    return load_causal_lm(name_or_path, trust_remote_code=trust_remote_code)
 
 
 if __name__ == "__main__":

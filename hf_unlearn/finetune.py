@@ -35,4 +35,14 @@ def sft_finetune(model, tokenizer, rows: Sequence[dict], args: SFTConfig, peft_c
         callbacks=callbacks,
     )
     trainer.train()
-    return trainer.model
+    return drop_trainer_forward_patches(trainer.model)
+
+
+def drop_trainer_forward_patches(model):
+    """Remove the instance `forward` wrappers TRL's `SFTTrainer` leaves on a trained model (they close over the
+    original module), so that a `copy.deepcopy` of the model runs its own weights, not the original's."""
+    for module in model.modules():
+        patched = module.__dict__.get("forward")
+        if patched is not None and getattr(getattr(patched, "__func__", patched), "__wrapped__", None) is type(module).forward:
+            del module.__dict__["forward"]
+    return model

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData
 
 from . import __version__
 from .eval.report import markdown_table
+from .files import atomic_write
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "unlearned_model_card.md"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -161,8 +161,8 @@ def write_model_card(run_dir: str | os.PathLike, repo_id: str | None = None, lic
     report = latest_report(run_dir)
     for source, target in ((report, "evaluation.json"), (report.with_suffix(".png"), "evaluation.png")):
         if source.is_file():
-            _atomic_write(model_dir / target, source.read_bytes())
-    _atomic_write(model_dir / "README.md", str(card).encode())
+            atomic_write(model_dir / target, source.read_bytes())
+    atomic_write(model_dir / "README.md", str(card).encode())
     return model_dir / "README.md"
 
 
@@ -201,14 +201,3 @@ def push_unlearned(
             f"    hf-unlearn push --run_dir {run_dir} --repo_id {repo_id}"
         ) from error
     return str(url)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

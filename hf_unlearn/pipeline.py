@@ -13,6 +13,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 
 from .data.tofu import load_tofu_split, retain_split_for
+from .files import atomic_write, next_free_dir
 
 
 @dataclass
@@ -53,12 +54,7 @@ def default_output_dir(name: str, config) -> str:
     state = distributed_state(config)
     chosen = [None]
     if state.is_main_process:
-        base = Path("outputs") / name
-        candidate, n = base, 1
-        while candidate.exists():
-            n += 1
-            candidate = base.with_name(f"{base.name}-{n}")
-        chosen = [str(candidate)]
+        chosen = [str(next_free_dir(Path("outputs") / name))]
     if state.num_processes > 1:
         broadcast_object_list(chosen)
     return chosen[0]
@@ -158,7 +154,7 @@ def run_unlearning(run: UnlearnRunArguments, config) -> dict:
     results = {"retain": reference} if reference is not None else {}
     if reference is not None and state.is_main_process:
         os.makedirs(config.output_dir, exist_ok=True)
-        Path(config.output_dir, "reference_eval.json").write_text(json.dumps(reference))
+        atomic_write(Path(config.output_dir, "reference_eval.json"), json.dumps(reference))
     model.to(config.device)
     results["finetuned"] = evaluate_tofu(
         model,
@@ -197,7 +193,7 @@ def run_unlearning(run: UnlearnRunArguments, config) -> dict:
         settings = {"run": vars(run), "training": config.to_dict()}
         report = write_report(results, Path(config.output_dir) / "report", title=f"{run.method} on {run.dataset}",
                               settings=settings)
-        Path(config.output_dir, "run_info.json").write_text(json.dumps(run_info, indent=2))
+        atomic_write(Path(config.output_dir, "run_info.json"), json.dumps(run_info, indent=2))
     hub_url = None
     if push_to_hub and state.is_main_process:
         hub_url = _push(config)
@@ -250,7 +246,8 @@ def parse_unlearn_args(argv: list[str], method: str | None = None, prog: str | N
 
     from .trainers import METHODS
 
-    run, _ = HfArgumentParser(UnlearnRunArguments).parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    first_pass = [a for a in argv if a not in ("-h", "--help")]  # the full parser below shows the help
+    run, _ = HfArgumentParser(UnlearnRunArguments).parse_args_into_dataclasses(first_pass, return_remaining_strings=True)
     run.method = method or run.method
     if run.method not in METHODS:
         raise SystemExit(f"Unknown method {run.method!r}; choose one of {sorted(METHODS)}.")

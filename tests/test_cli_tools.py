@@ -1,0 +1,66 @@
+"""The `hf-unlearn` subcommands over the method APIs, on the embedded benchmark."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from conftest import shared_data
+
+CLI = [sys.executable, "-m", "hf_unlearn.cli"]
+
+
+def run_cli(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    completed = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=600)
+    assert (completed.returncode == 0) == ok, completed.stderr[-3000:]
+    return completed
+
+
+def test_antidote_prunes_a_saved_model_and_keeps_earlier_results(embedded, tmp_path):
+    advbench = shared_data("advbench", "harmful_behaviors.csv")
+    out = tmp_path / "pruned"
+    run_cli("antidote", "--model_name_or_path", str(embedded.finetuned_dir), "--realignment_data", str(advbench),
+            "--dense_ratio", "0.25", "--max_rows", "16", "--output_dir", str(out))
+    summary = json.loads((out / "antidote_summary.json").read_text())
+    assert summary["score"] == "wanda" and summary["calibration_tokens"] > 0
+    before = load_file(embedded.finetuned_dir / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    for name, weight in after.items():
+        if any(f"{target}.weight" in name for target in ("q_proj", "k_proj", "v_proj")):
+            per_row = (weight == 0).sum(dim=1) - (before[name] == 0).sum(dim=1)
+            assert (per_row == weight.shape[1] // 4).all(), name  # exactly the top quarter of every row
+        else:
+            assert torch.equal(weight, before[name]), name  # nothing else changes
+    assert sum(summary["pruned"].values()) == sum(v.shape[0] * (v.shape[1] // 4) for n, v in after.items()
+                                                  if any(f"{t}.weight" in n for t in ("q_proj", "k_proj", "v_proj")))
+    refused = run_cli("antidote", "--model_name_or_path", str(embedded.finetuned_dir), "--score", "magnitude",
+                      "--output_dir", str(out), ok=False)
+    assert "already holds files" in refused.stderr
+
+
+def test_antidote_prunes_the_lora_weights_of_an_adapter_folder(embedded, tmp_path):
+    base = AutoModelForCausalLM.from_pretrained(embedded.finetuned_dir)
+    adapter = get_peft_model(base, LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    adapter.save_pretrained(tmp_path / "adapter")
+    (tmp_path / "adapter").joinpath("tokenizer_config.json").unlink(missing_ok=True)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(embedded.finetuned_dir).save_pretrained(tmp_path / "adapter")
+    run_cli("antidote", "--model_name_or_path", str(tmp_path / "adapter"), "--score", "magnitude",
+            "--dense_ratio", "0.5", "--target_modules", "q_proj", "v_proj", "--output_dir", str(tmp_path / "out"))
+    pruned = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    lora_a = [w for n, w in pruned.items() if "lora_A" in n]
+    assert lora_a and all(((w == 0).sum(dim=1) == w.shape[1] // 2).all() for w in lora_a)
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(embedded.finetuned_dir), tmp_path / "out")
+    assert isinstance(reloaded, PeftModel)
+
+
+@pytest.mark.parametrize("command", ["unlearn", "eval", "card", "push", "antidote"])
+def test_every_subcommand_has_help_with_examples(command):
+    completed = run_cli(command, "--help")
+    assert "examples:" in completed.stdout
