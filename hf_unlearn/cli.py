@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_card_parser(subparsers)
     _add_push_parser(subparsers)
     _add_antidote_parser(subparsers)
+    _add_stamp_parser(subparsers)
     return parser
 
 
@@ -228,6 +229,65 @@ def _device(state):
     if state is not None:
         return state.device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# hf-unlearn stamp
+
+
+def _add_stamp_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "stamp",
+        help="Forget one fact without training (STAMP, a closed-form edit of an MLP down-projection).",
+        **_examples(
+            'hf-unlearn stamp --model_name_or_path my-model --prompt "Where was Jo Ito born?" \\',
+            '    --answer "Jo Ito was born in Osaka." --retain_questions questions.txt --output_dir jo-forgotten',
+            "hf-unlearn stamp ... --delivery adapter --rank 16      # a reversible LoRA on down_proj instead",
+            "python recipes/stamp_forget.py                         # several facts of a TOFU split, with a report",
+        ),
+    )
+    parser.add_argument("--model_name_or_path", required=True, help="Model: Hub name, local folder or .gguf file.")
+    parser.add_argument("--prompt", required=True, help="The question whose answer is to be forgotten.")
+    parser.add_argument("--answer", required=True, help="The answer to forget.")
+    parser.add_argument("--retain_questions", help="A file of unrelated questions, one per line: the edit keeps the "
+                        "model's own answers to them (strongly advised).")
+    parser.add_argument("--delivery", choices=("inplace", "adapter"), default="inplace")
+    parser.add_argument("--layers", default="auto", help="'auto' or comma-separated layer indices.")
+    parser.add_argument("--rank", type=int, help="Rank of a low-rank edit (default: the full edit).")
+    parser.add_argument("--output_dir", required=True, help="New folder for the edited model (or adapter).")
+    parser.add_argument("--trust_remote_code", action="store_true")
+    parser.set_defaults(handler=_run_stamp)
+
+
+def _run_stamp(args) -> int:
+    import json
+
+    from .editing import stamp
+    from .editing.stamp import answer_scores
+    from .files import atomic_write
+    from .modeling import load_causal_lm
+
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise SystemExit(f"hf-unlearn stamp: {output_dir} already holds files; pick a new --output_dir.")
+    retain = None
+    if args.retain_questions:
+        retain = [line.strip() for line in Path(args.retain_questions).read_text().splitlines() if line.strip()]
+    model, tokenizer = load_causal_lm(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    model.to(_device(None)).eval()
+    fact = [{"question": args.prompt, "answer": args.answer}]
+    before = answer_scores(model, tokenizer, fact)
+    result = stamp.forget(model, tokenizer, prompt=args.prompt, answer=args.answer, retain=retain,
+                          delivery=args.delivery, layers=args.layers, rank=args.rank)
+    after = answer_scores(result.model, tokenizer, fact)
+    result.model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    summary = {**result.summary(), "before": before, "after": after}
+    atomic_write(output_dir / "stamp_summary.json", json.dumps(summary, indent=2, default=str))
+    print(f"answer probability {before['probability'][0]:.3f} -> {after['probability'][0]:.3f}\n"
+          f"before: {before['answer'][0]!r}\nafter:  {after['answer'][0]!r}\n"
+          f"edit took {result.time_s:.2f} s; saved to {output_dir}")
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -8,9 +8,11 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import shared_data
+from hf_unlearn.data import load_tofu_split
+from hf_unlearn.editing.stamp import answer_scores
 
 CLI = [sys.executable, "-m", "hf_unlearn.cli"]
 
@@ -47,9 +49,6 @@ def test_antidote_prunes_the_lora_weights_of_an_adapter_folder(embedded, tmp_pat
     base = AutoModelForCausalLM.from_pretrained(embedded.finetuned_dir)
     adapter = get_peft_model(base, LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     adapter.save_pretrained(tmp_path / "adapter")
-    (tmp_path / "adapter").joinpath("tokenizer_config.json").unlink(missing_ok=True)
-    from transformers import AutoTokenizer
-
     AutoTokenizer.from_pretrained(embedded.finetuned_dir).save_pretrained(tmp_path / "adapter")
     run_cli("antidote", "--model_name_or_path", str(tmp_path / "adapter"), "--score", "magnitude",
             "--dense_ratio", "0.5", "--target_modules", "q_proj", "v_proj", "--output_dir", str(tmp_path / "out"))
@@ -60,7 +59,25 @@ def test_antidote_prunes_the_lora_weights_of_an_adapter_folder(embedded, tmp_pat
     assert isinstance(reloaded, PeftModel)
 
 
-@pytest.mark.parametrize("command", ["unlearn", "eval", "card", "push", "antidote"])
+def test_stamp_forgets_one_fact_and_saves_the_edited_model(embedded, tmp_path):
+    forget = load_tofu_split(embedded.data_dir, "forget10")[0]
+    retain = load_tofu_split(embedded.data_dir, "retain90").select(range(40))
+    (tmp_path / "questions.txt").write_text("\n".join(retain["question"]))
+    out = tmp_path / "edited"
+    completed = run_cli("stamp", "--model_name_or_path", str(embedded.finetuned_dir), "--prompt", forget["question"],
+                        "--answer", forget["answer"], "--retain_questions", str(tmp_path / "questions.txt"),
+                        "--output_dir", str(out))
+    summary = json.loads((out / "stamp_summary.json").read_text())
+    assert summary["before"]["probability"][0] > 0.9 and summary["after"]["probability"][0] < 0.1
+    assert "answer probability" in completed.stdout
+    edited = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    held_out = load_tofu_split(embedded.data_dir, "retain90").select(range(200, 232))
+    kept = answer_scores(edited, tokenizer, list(held_out))["rouge_l_recall"]
+    assert sum(kept) / len(kept) > 0.9  # other authors' answers stay
+
+
+@pytest.mark.parametrize("command", ["unlearn", "eval", "card", "push", "antidote", "stamp"])
 def test_every_subcommand_has_help_with_examples(command):
     completed = run_cli(command, "--help")
     assert "examples:" in completed.stdout
