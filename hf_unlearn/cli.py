@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_push_parser(subparsers)
     _add_antidote_parser(subparsers)
     _add_stamp_parser(subparsers)
+    _add_relapse_parser(subparsers)
     return parser
 
 
@@ -287,6 +288,77 @@ def _run_stamp(args) -> int:
     print(f"answer probability {before['probability'][0]:.3f} -> {after['probability'][0]:.3f}\n"
           f"before: {before['answer'][0]!r}\nafter:  {after['answer'][0]!r}\n"
           f"edit took {result.time_s:.2f} s; saved to {output_dir}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# hf-unlearn relapse
+
+
+def _add_relapse_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "relapse",
+        help="Quantization relapse: does 4-/8-bit quantization bring forgotten knowledge back?",
+        description=(
+            "Evaluate --model (and --original, the model before unlearning) on TOFU-schema data at full precision and "
+            "at each of --precisions; write relapse.json / .md / .png into --output_dir. With --benchmark embedded, "
+            "--original defaults to the embedded finetuned model."
+        ),
+        **_examples(
+            "hf-unlearn relapse --model outputs/tofu_flat_forget10/model --output_dir relapse-flat",
+            "hf-unlearn relapse --benchmark tofu --model me/unlearned --original locuslab/tofu_ft_llama2-7b \\",
+            "    --precisions nf4 fp4 int8 rtn3g64 --reference retain_eval.json --output_dir relapse",
+        ),
+    )
+    parser.add_argument("--model", required=True, help="The unlearned model (full precision): Hub name, folder or .gguf.")
+    parser.add_argument("--original", help="The model before unlearning: evaluated too, and compared weight by weight.")
+    parser.add_argument("--benchmark", choices=("tofu", "embedded"), default="embedded")
+    parser.add_argument("--data", help="TOFU-schema data: local folder or Hub name (default: locuslab/TOFU, or the "
+                        "embedded benchmark's data).")
+    parser.add_argument("--precisions", nargs="+", default=["nf4", "int8"],
+                        help="nf4, fp4, int8 (bitsandbytes); fake-nf4, fake-fp4, fake-int8, rtn<bits>[g<group>] (pure torch).")
+    parser.add_argument("--forget_split", default="forget10", help="TOFU forget split (its _perturbed split is used).")
+    parser.add_argument("--holdout_split", help="TOFU holdout split for the MIA AUCs (default: holdoutNN if present).")
+    parser.add_argument("--reference", help="The retain model's saved evaluation JSON (for forget quality).")
+    parser.add_argument("--output_dir", required=True, help="Folder for the report (an earlier report is kept).")
+    parser.add_argument("--label", help="The model's name in the report (default: the model's folder name).")
+    parser.add_argument("--title", default="Quantization relapse", help="Report title.")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--max_new_tokens", type=int, default=48, help="TOFU generation length.")
+    parser.add_argument("--max_items", type=int, help="Evaluate only the first N items of every set.")
+    parser.add_argument("--trust_remote_code", action="store_true", help="Allow model code from the Hub (off by default).")
+    parser.set_defaults(handler=_run_relapse)
+
+
+def _run_relapse(args) -> int:
+    from .eval.quantization import evaluate_relapse, relapse_markdown, write_relapse_report
+    from .modeling import load_causal_lm
+
+    state = _distributed_state()
+    data, original = args.data, args.original
+    if args.benchmark == "embedded":
+        from .embedded_benchmark import build_embedded_benchmark
+
+        benchmark = build_embedded_benchmark()
+        data = data or str(benchmark.data_dir)
+        original = original or str(benchmark.finetuned_dir)
+    data = data or DEFAULT_DATA["tofu"]
+    model, tokenizer = load_causal_lm(args.model, trust_remote_code=args.trust_remote_code)
+    model.to(_device(state))
+    if original is not None:
+        original, _ = load_causal_lm(original, trust_remote_code=args.trust_remote_code)
+        original.to(_device(state))
+    relapse = evaluate_relapse(
+        model, tokenizer, data, precisions=args.precisions, original=original,
+        label=args.label or Path(args.model.rstrip("/")).name or args.model, forget_split=args.forget_split,
+        holdout_split=args.holdout_split, reference=args.reference, batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens, max_items=args.max_items, accelerator=state,
+    )
+    if state is None or state.is_main_process:
+        paths = write_relapse_report(relapse, args.output_dir, title=args.title)
+        print(relapse_markdown(relapse, args.title))
+        for kind, path in paths.items():
+            print(f"{kind}: {path}")
     return 0
 
 

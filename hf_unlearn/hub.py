@@ -123,9 +123,17 @@ def render_model_card(
         evaluation_title=report.get("title", "Evaluation"),
         evaluation_table=markdown_table(results),
         plot_file="evaluation.png" if plot.is_file() else None,
-        relapse_table=report.get("relapse_markdown"),
+        relapse_table=_relapse_table(report_path.parent),
         loading=_loading_snippet(kind, repo_id or str(run_dir / "model")),
     )
+
+
+def _relapse_table(report_dir: Path) -> str | None:
+    """The newest `relapse*.md` of the run's report folder (written by the recipes' relapse check), minus its title."""
+    reports = sorted(report_dir.glob("relapse*.md"), key=lambda p: p.stat().st_mtime)
+    if not reports:
+        return None
+    return "\n".join(line for line in reports[-1].read_text().splitlines() if not line.startswith("# ")).strip()
 
 
 def _loading_snippet(kind: str, location: str) -> str:

@@ -34,6 +34,10 @@ class UnlearnRunArguments:
         reference_eval (`str`, *optional*): a saved evaluation JSON of the retain model, instead of evaluating it.
         holdout_split (`str`, *optional*): never-trained examples for MIA (`holdout10` on the embedded benchmark).
         lora_r (`int`, defaults to `0`): train a LoRA adapter of this rank instead of the full model (0: full).
+        relapse (`bool`, defaults to `True`): add the quantization-relapse check to the report (`--no_relapse`: skip):
+            the unlearned and the original model evaluated quantized, relapse and weights moved to another bucket.
+        relapse_precisions (`list[str]`, defaults to `["nf4"]`): its precisions (`nf4`, `fp4`, `int8`, `fake-nf4`,
+            `rtn<bits>[g<group>]`; see `hf_unlearn.eval.quantization.parse_precision`).
         trust_remote_code (`bool`, defaults to `False`).
     """
 
@@ -46,6 +50,10 @@ class UnlearnRunArguments:
     reference_eval: str | None = field(default=None, metadata={"help": "Saved evaluation JSON of the retain model."})
     holdout_split: str | None = field(default=None, metadata={"help": "Holdout split for MIA."})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank (0: train the full model)."})
+    relapse: bool = field(default=True, metadata={"help": "Add the quantization-relapse check to the report."})
+    relapse_precisions: list[str] = field(
+        default_factory=lambda: ["nf4"], metadata={"help": "Precisions of the relapse check (nf4, fp4, int8, rtn4g64...)."}
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
 
 
@@ -123,7 +131,8 @@ def run_unlearning(run: UnlearnRunArguments, config) -> dict:
 
     Returns `{"output_dir", "report", "results"}`; the report folder holds JSON, markdown and plots.
     """
-    from peft import LoraConfig
+    from peft import LoraConfig, PeftModel
+    from transformers import PreTrainedModel
 
     from .eval.report import write_report
     from .eval.tofu import evaluate_tofu
@@ -188,11 +197,19 @@ def run_unlearning(run: UnlearnRunArguments, config) -> dict:
     trainer.save_model(str(Path(config.output_dir, "model")))
     trainer.evaluate()
     results[run.method] = trainer.last_evaluation
+    relapse = None
+    if run.relapse and isinstance(trainer.evaluation_model(), (PreTrainedModel, PeftModel)):  # not ULD's logit difference
+        relapse = relapse_check(run, config, trainer, tokenizer, results, reference, state)
     report = None
     if state.is_main_process:
         settings = {"run": vars(run), "training": config.to_dict()}
         report = write_report(results, Path(config.output_dir) / "report", title=f"{run.method} on {run.dataset}",
                               settings=settings)
+        if relapse is not None:
+            from .eval.quantization import write_relapse_report
+
+            paths = write_relapse_report(relapse, Path(config.output_dir) / "report", title=f"Quantization relapse of {run.method}")
+            report.update({f"relapse_{kind}": path for kind, path in paths.items()})
         atomic_write(Path(config.output_dir, "run_info.json"), json.dumps(run_info, indent=2))
     hub_url = None
     if push_to_hub and state.is_main_process:
@@ -282,6 +299,35 @@ def unlearn_main(argv: list[str], method: str | None = None, prog: str | None = 
         print(f"\n{markdown_table(summary)}\n\nUnlearned model: {result['output_dir']}/model\n"
               f"Report: {result['report']['markdown']} (JSON and plot beside it)")
     return result
+
+
+def relapse_check(run: UnlearnRunArguments, config, trainer, tokenizer, results: dict, reference, state) -> dict:
+    """The quantization-relapse check of the unlearned model against the original (`run.model_name_or_path`) at
+    `run.relapse_precisions`; adds the quantized evaluations to `results` as `<label> @ <precision>` columns."""
+    from .eval.quantization import evaluate_relapse, quantized_results
+    from .modeling import load_causal_lm
+
+    original, _ = load_causal_lm(run.model_name_or_path, trust_remote_code=run.trust_remote_code)
+    relapse = evaluate_relapse(
+        trainer.evaluation_model(),
+        tokenizer,
+        run.dataset,
+        precisions=run.relapse_precisions,
+        original=original.to(config.device),
+        label=run.method,
+        original_label="finetuned",
+        full_precision=results[run.method],
+        original_full_precision=results["finetuned"],
+        forget_split=run.forget_split,
+        holdout_split=run.holdout_split,
+        reference=reference,
+        max_length=config.max_length,
+        max_new_tokens=config.eval_max_new_tokens,
+        max_items=config.eval_max_items,
+        accelerator=state,
+    )
+    results.update(quantized_results(relapse))
+    return relapse
 
 
 def _retain_draws(trainer, state: PartialState, count: int = 16) -> dict:

@@ -77,7 +77,15 @@ def test_stamp_forgets_one_fact_and_saves_the_edited_model(embedded, tmp_path):
     assert sum(kept) / len(kept) > 0.9  # other authors' answers stay
 
 
-@pytest.mark.parametrize("command", ["unlearn", "eval", "card", "push", "antidote", "stamp"])
+def test_relapse_reports_each_precision(embedded, tmp_path):
+    completed = run_cli("relapse", "--model", str(embedded.retain_dir), "--precisions", "fake-nf4", "rtn2g64",
+                        "--max_items", "6", "--output_dir", str(tmp_path))
+    relapse = json.loads((tmp_path / "relapse.json").read_text())
+    assert "fake-nf4" in completed.stdout and (tmp_path / "relapse.png").is_file()
+    assert "fake-nf4" in json.dumps(relapse) and "rtn2g64" in json.dumps(relapse)
+
+
+@pytest.mark.parametrize("command", ["unlearn", "eval", "card", "push", "antidote", "stamp", "relapse"])
 def test_every_subcommand_has_help_with_examples(command):
     completed = run_cli(command, "--help")
     assert "examples:" in completed.stdout

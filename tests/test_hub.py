@@ -99,6 +99,7 @@ def test_card_has_the_hub_metadata_and_the_run_numbers(run):
     assert "| metric | retain | finetuned | grad_diff |" in parsed.text
     assert "| `learning_rate` | `0.0005` |" in parsed.text and "| `retain_loss_type` |" in parsed.text
     assert "`forget10`" in parsed.text and "AutoModelForCausalLM.from_pretrained" in parsed.text
+    assert "### Relapse under quantization" in parsed.text and "nf4" in parsed.text  # the recipe's relapse check
     card_with_hub_base = render_model_card(output_dir, base_model="locuslab/tofu_ft_llama2-7b")
     assert ModelCard(str(card_with_hub_base)).data.base_model == "locuslab/tofu_ft_llama2-7b"
 

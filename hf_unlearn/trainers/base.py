@@ -54,6 +54,11 @@ class UnlearnConfig(TrainingArguments):
             Generation length for ROUGE.
         eval_max_items (`int`, *optional*):
             Evaluate only the first N items of every set (quick runs); all items when unset.
+
+    Parameters that control SURE (`hf_unlearn.trainers.sure`, any method):
+        sure_percentile (`float`, *optional*):
+            Train only the modules whose forget-loss saliency at the original weights is at or above this percentile
+            of all modules' saliencies (90: the top tenth); off when unset. Use with a larger learning rate.
     """
 
     model_init_kwargs: dict | None = field(default=None, metadata={"help": "Keyword arguments for loading a model."})
@@ -64,6 +69,9 @@ class UnlearnConfig(TrainingArguments):
     eval_reference: str | None = field(default=None, metadata={"help": "Retain model's saved evaluation JSON."})
     eval_max_new_tokens: int = field(default=48, metadata={"help": "Generation length for ROUGE."})
     eval_max_items: int | None = field(default=None, metadata={"help": "Evaluate only the first N items of a set."})
+    sure_percentile: float | None = field(
+        default=None, metadata={"help": "SURE: train only modules at or above this forget-saliency percentile."}
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: unlearning batches are nested forget/retain dicts."}
     )
@@ -73,6 +81,8 @@ class UnlearnConfig(TrainingArguments):
             # Launched with several processes on a machine without GPUs: use accelerate's multi-CPU (gloo) mode;
             # otherwise every process would silently train alone on its own copy of the data.
             self.use_cpu = True
+        if self.sure_percentile is not None and not 0 <= self.sure_percentile < 100:
+            raise ValueError(f"sure_percentile must be in [0, 100), got {self.sure_percentile}; 90 keeps the top tenth.")
         super().__post_init__()
 
 
@@ -159,6 +169,13 @@ class UnlearnTrainer(Trainer):
 
         self.tokenizer = processing_class
         self.prepare_method(model, args, forget_rows, retain_rows)
+        self.saliency_map = None
+        if args.sure_percentile is not None:
+            from .sure import apply_sure
+
+            if getattr(model, "hf_device_map", None) is None:
+                model.to(args.device)  # rank on the training device (the Trainer moves it there next anyway)
+            self.saliency_map = apply_sure(model, processing_class, forget_rows, args.sure_percentile, args.max_length)
         forget_views = [self.forget_views(row, i, args) for i, row in enumerate(forget_rows)]
         retain_examples = (
             [tokenize_qa(processing_class, r["question"], r["answer"], args.max_length) for r in retain_rows]
