@@ -3,4 +3,85 @@
 __version__ = "0.1.0"
 
 from .data import ForgetRetainDataset, UnlearnDataCollator, load_refusal_templates, load_tofu_split, tokenize_qa
+from .editing import StampConfig, StampResult, stamp, stamp_edit
 from .embedded_benchmark import EmbeddedBenchmark, EmbeddedBenchmarkConfig, build_embedded_benchmark
+from .eval import evaluate_muse, evaluate_tofu, write_report
+from .eval.quantization import evaluate_relapse, fake_quantize, load_quantized, write_relapse_report
+from .hub import push_unlearned, render_model_card, write_model_card
+from .modeling import load_causal_lm
+from .pipeline import UnlearnRunArguments, run_unlearning
+from .pruning import AntidoteConfig, AntidoteSummary, antidote_prune
+from .trainers import (
+    METHODS,
+    FLATConfig,
+    FLATTrainer,
+    GradAscentConfig,
+    GradAscentTrainer,
+    GradDiffConfig,
+    GradDiffTrainer,
+    IdkDPOConfig,
+    IdkDPOTrainer,
+    NPOConfig,
+    NPOTrainer,
+    RMUConfig,
+    RMUTrainer,
+    SimNPOConfig,
+    SimNPOTrainer,
+    ULDConfig,
+    ULDTrainer,
+    UnlearnConfig,
+    UnlearnTrainer,
+)
+from .uld_model import ULDModel, build_assistant
+
+__all__ = [
+    "METHODS",
+    "AntidoteConfig",
+    "AntidoteSummary",
+    "EmbeddedBenchmark",
+    "EmbeddedBenchmarkConfig",
+    "FLATConfig",
+    "FLATTrainer",
+    "ForgetRetainDataset",
+    "GradAscentConfig",
+    "GradAscentTrainer",
+    "GradDiffConfig",
+    "GradDiffTrainer",
+    "IdkDPOConfig",
+    "IdkDPOTrainer",
+    "NPOConfig",
+    "NPOTrainer",
+    "RMUConfig",
+    "RMUTrainer",
+    "SimNPOConfig",
+    "SimNPOTrainer",
+    "StampConfig",
+    "StampResult",
+    "ULDConfig",
+    "ULDModel",
+    "ULDTrainer",
+    "UnlearnConfig",
+    "UnlearnDataCollator",
+    "UnlearnRunArguments",
+    "UnlearnTrainer",
+    "antidote_prune",
+    "build_assistant",
+    "build_embedded_benchmark",
+    "evaluate_muse",
+    "evaluate_relapse",
+    "evaluate_tofu",
+    "fake_quantize",
+    "load_causal_lm",
+    "load_quantized",
+    "load_refusal_templates",
+    "load_tofu_split",
+    "push_unlearned",
+    "render_model_card",
+    "run_unlearning",
+    "stamp",
+    "stamp_edit",
+    "tokenize_qa",
+    "write_model_card",
+    "write_relapse_report",
+    "write_report",
+]
