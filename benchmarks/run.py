@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAINED_METHODS = ("flat", "grad_ascent", "grad_diff", "npo", "simnpo", "idk_dpo", "rmu", "uld")
+TRAINED_METHODS = ("flat", "grad_ascent", "grad_diff", "npo", "simnpo", "idk_dpo", "rmu", "uld", "layer_constrained")
 COLUMNS = (
     ("forget_quality", "forget quality"),
     ("model_utility", "model utility"),

@@ -11,8 +11,12 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_DATA = {"tofu": "locuslab/TOFU", "muse": "muse-bench/MUSE-News"}
-DEFAULT_MAX_LENGTH = {"tofu": 256, "embedded": 256, "muse": 2048}
+DEFAULT_DATA = {
+    "tofu": "locuslab/TOFU",
+    "muse": "muse-bench/MUSE-News",
+    "semeval": "llmunlearningsemeval2025organization/semeval25-unlearning-dataset-public",
+}
+DEFAULT_MAX_LENGTH = {"tofu": 256, "embedded": 256, "muse": 2048, "semeval": 2048}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,7 +133,7 @@ def _add_eval_parser(subparsers) -> None:
         ),
     )
     parser.add_argument("--model", help="Model to evaluate: Hub name, local folder or .gguf file.")
-    parser.add_argument("--benchmark", choices=("tofu", "muse", "embedded"), default="embedded")
+    parser.add_argument("--benchmark", choices=("tofu", "muse", "semeval", "embedded"), default="embedded")
     parser.add_argument("--data", help="Data: local folder or Hub name (default: locuslab/TOFU, "
                         "muse-bench/MUSE-News, or the embedded benchmark's data).")
     parser.add_argument("--forget_split", default="forget10", help="TOFU forget split (its _perturbed split is used).")
@@ -138,6 +142,8 @@ def _add_eval_parser(subparsers) -> None:
     reference = parser.add_mutually_exclusive_group()
     reference.add_argument("--reference", help="The retain model's saved evaluation JSON (forget quality, PrivLeak).")
     reference.add_argument("--retain_model", help="The retain model: it is evaluated first and used as reference.")
+    parser.add_argument("--semeval_split", default="validation", help="SemEval-2025 Task 4 split: train or validation.")
+    parser.add_argument("--mmlu_data", help="MMLU CSV folder or Hub name, for the SemEval final score.")
     parser.add_argument("--output_dir", required=True, help="Folder for the report (an earlier report is kept).")
     parser.add_argument("--label", help="The model's name in the report (default: the model's folder name).")
     parser.add_argument("--title", default=None, help="Report title.")
@@ -202,6 +208,14 @@ def _evaluate_model(name_or_path: str, data, args, reference, state) -> dict:
     model, tokenizer = load_causal_lm(name_or_path, trust_remote_code=args.trust_remote_code, dtype=dtype)
     model.to(_device(state))
     max_length = args.max_length or DEFAULT_MAX_LENGTH[args.benchmark]
+    if args.benchmark == "semeval":
+        from .eval.mmlu import evaluate_mmlu
+        from .eval.semeval import evaluate_semeval
+
+        mmlu = evaluate_mmlu(model, tokenizer, args.mmlu_data, max_items=args.max_items)["accuracy"] if args.mmlu_data else None
+        return evaluate_semeval(model, tokenizer, data, split=args.semeval_split, mia_data=data, mmlu_accuracy=mmlu,
+                                max_new_tokens=args.max_new_tokens, max_length=max_length, batch_size=args.batch_size,
+                                max_items_per_group=args.max_items, progress=not args.no_progress, accelerator=state)
     common = {"batch_size": args.batch_size, "max_length": max_length, "progress": not args.no_progress,
               "accelerator": state, "max_items": args.max_items, "reference": reference}
     if args.benchmark == "muse":

@@ -245,6 +245,8 @@ EMBEDDED_DEFAULTS: dict[str, dict] = {
     "rmu": {"learning_rate": 1e-3, "num_train_epochs": 10, "per_device_train_batch_size": 4},
     "uld": {"learning_rate": 3e-3, "num_train_epochs": 10, "per_device_train_batch_size": 4, "assistant_layers": 0.5,
             "assistant_lora_r": 32, "assistant_lora_alpha": 64, "assistant_weight": 1.0},
+    "layer_constrained": {"learning_rate": 1e-3, "lr_scheduler_type": "constant", "num_train_epochs": 6,
+                          "per_device_train_batch_size": 8},
 }
 
 UNLEARN_EXAMPLES = """examples:

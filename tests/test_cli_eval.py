@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def test_console_script_lists_eval():
     script = Path(sys.executable).parent / "hf-unlearn"
     run = subprocess.run([str(script), "eval", "--help"], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0 and "--benchmark {tofu,muse,embedded}" in run.stdout
+    assert run.returncode == 0 and "--benchmark {tofu,muse,semeval,embedded}" in run.stdout
 
 
 def test_embedded_eval_without_model_reports_finetuned_against_retain(embedded, tmp_path, capsys):

@@ -1,6 +1,8 @@
 """Evaluation: TOFU metrics (forget quality, model utility), membership-inference attacks, MUSE metrics, reports."""
 
 from .generation import generate_answers, generate_from_ids
+from .mmlu import evaluate_mmlu, load_mmlu
+from .semeval import evaluate_semeval, load_semeval_mia, load_semeval_split, mia_score, task_aggregate
 from .mia import mia_auc, min_k_mean, privleak, zlib_length
 from .muse import evaluate_muse, load_muse_split
 from .report import read_evaluation, write_report
@@ -17,6 +19,13 @@ from .tofu import (
 )
 
 __all__ = [
+    "evaluate_mmlu",
+    "evaluate_semeval",
+    "load_mmlu",
+    "load_semeval_mia",
+    "load_semeval_split",
+    "mia_score",
+    "task_aggregate",
     "evaluate_muse",
     "evaluate_tofu",
     "forget_quality",

@@ -8,7 +8,6 @@ from tqdm.auto import tqdm
 from ..data.formatting import encode_prompt, pad_examples
 
 
-@torch.no_grad()
 def generate_answers(
     model,
     tokenizer,
@@ -19,21 +18,9 @@ def generate_answers(
     **generate_kwargs,
 ) -> list[str]:
     """Greedy (unless `generate_kwargs` say otherwise) answers to `questions`, prompts left-padded in batches."""
-    answers = []
-    device = next(model.parameters()).device
-    starts = range(0, len(questions), batch_size)
-    for start in tqdm(starts, desc="generating", disable=not progress):
-        prompts = [{"input_ids": encode_prompt(tokenizer, q)} for q in questions[start : start + batch_size]]
-        for p in prompts:
-            p["attention_mask"] = [1] * len(p["input_ids"])
-        batch = pad_examples(prompts, tokenizer.pad_token_id, padding_side="left")
-        batch = {k: v.to(device) for k, v in batch.items()}
-        kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
-        kwargs.update(generate_kwargs)
-        output = model.generate(**batch, **kwargs)
-        new_tokens = output[:, batch["input_ids"].shape[1] :]
-        answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-    return answers
+    prompt_ids = [encode_prompt(tokenizer, q) for q in questions]
+    answers = generate_from_ids(model, tokenizer, prompt_ids, max_new_tokens, batch_size, progress, **generate_kwargs)
+    return [a.strip() for a in answers]
 
 
 @torch.no_grad()
@@ -47,17 +34,23 @@ def generate_from_ids(
     **generate_kwargs,
 ) -> list[str]:
     """Greedy (unless `generate_kwargs` say otherwise) continuations of already tokenized prompts (raw text
-    continuation, e.g. MUSE's VerbMem and KnowMem prompts), left-padded in batches."""
+    continuation, e.g. MUSE's VerbMem and KnowMem prompts), left-padded in batches.
+
+    The model generates in eval mode (a model left training, e.g. with gradient checkpointing and dropout after
+    fine-tuning, generates noise) and is put back in the mode it was in."""
     continuations = []
     device = next(model.parameters()).device
-    starts = range(0, len(prompt_ids), batch_size)
-    for start in tqdm(starts, desc="generating", disable=not progress):
-        prompts = [{"input_ids": list(ids), "attention_mask": [1] * len(ids)} for ids in prompt_ids[start : start + batch_size]]
-        batch = pad_examples(prompts, tokenizer.pad_token_id, padding_side="left")
-        batch = {k: v.to(device) for k, v in batch.items()}
-        kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
-        kwargs.update(generate_kwargs)
-        output = model.generate(**batch, **kwargs)
-        new_tokens = output[:, batch["input_ids"].shape[1] :]
-        continuations += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in tqdm(range(0, len(prompt_ids), batch_size), desc="generating", disable=not progress):
+            prompts = [{"input_ids": list(ids), "attention_mask": [1] * len(ids)} for ids in prompt_ids[start : start + batch_size]]
+            batch = pad_examples(prompts, tokenizer.pad_token_id, padding_side="left")
+            batch = {k: v.to(device) for k, v in batch.items()}
+            kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
+            kwargs.update(generate_kwargs)
+            output = model.generate(**batch, **kwargs)
+            continuations += tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        model.train(was_training)
     return continuations

@@ -2,6 +2,7 @@ from .base import UnlearnConfig, UnlearnTrainer
 from .flat import FLATConfig, FLATTrainer, flat_loss
 from .grad_ascent import GradAscentConfig, GradAscentTrainer, gradient_ascent_loss
 from .grad_diff import GradDiffConfig, GradDiffTrainer, gradient_difference_loss
+from .layer_constrained import LayerConstrainedConfig, LayerConstrainedTrainer, adaptive_alpha, layer_constrained_loss
 from .idk_dpo import IdkDPOConfig, IdkDPOTrainer, dpo_loss
 from .npo import NPOConfig, NPOTrainer, npo_loss
 from .rmu import RMUConfig, RMUTrainer, rmu_loss
@@ -18,6 +19,7 @@ METHODS = {
     "idk_dpo": (IdkDPOConfig, IdkDPOTrainer),
     "rmu": (RMUConfig, RMUTrainer),
     "uld": (ULDConfig, ULDTrainer),
+    "layer_constrained": (LayerConstrainedConfig, LayerConstrainedTrainer),
 }
 
 __all__ = [
@@ -30,6 +32,8 @@ __all__ = [
     "GradDiffTrainer",
     "IdkDPOConfig",
     "IdkDPOTrainer",
+    "LayerConstrainedConfig",
+    "LayerConstrainedTrainer",
     "NPOConfig",
     "NPOTrainer",
     "RMUConfig",
@@ -40,10 +44,12 @@ __all__ = [
     "ULDTrainer",
     "UnlearnConfig",
     "UnlearnTrainer",
+    "adaptive_alpha",
     "dpo_loss",
     "flat_loss",
     "gradient_ascent_loss",
     "gradient_difference_loss",
+    "layer_constrained_loss",
     "npo_loss",
     "rmu_loss",
     "simnpo_loss",

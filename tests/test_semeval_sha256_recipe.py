@@ -1,0 +1,54 @@
+"""The SHA256 recipe end to end (slow): trace, unlearn, evaluate and report on the embedded benchmark, and on a
+small sample of the real SemEval-2025 Task 4 data with SmolLM2-135M-Instruct."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, shared_data
+
+pytestmark = pytest.mark.slow
+
+
+def recipe():
+    spec = importlib.util.spec_from_file_location("semeval_sha256", REPO / "recipes" / "semeval_sha256.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_embedded_benchmark_run(embedded, tmp_path):
+    outcome = recipe().main(["--output_dir", str(tmp_path / "run"), "--disable_tqdm", "true"])
+    results = outcome["results"]
+    assert set(results) == {"retain", "finetuned", "sha256"}
+    finetuned, unlearned = results["finetuned"], results["sha256"]
+    assert unlearned["forget_rougeL_recall"] < 0.5 * finetuned["forget_rougeL_recall"]
+    assert unlearned["model_utility"] > 0.8 * finetuned["model_utility"]
+    assert unlearned["forget_quality"] > finetuned["forget_quality"]
+    assert outcome["trace"]["suggested_layers"] and (tmp_path / "run" / "trace" / "causal_trace.png").is_file()
+    report = json.loads(Path(outcome["report"]["json"]).read_text())
+    assert report["settings"]["trace"]["suggested_layers"] == outcome["trace"]["suggested_layers"]
+
+
+def test_semeval_run_with_smollm2(tmp_path):
+    """The whole SemEval path on real data with a real model, kept small: one item per (task, kind) group, one
+    epoch, no fine-tuning first (see the recipe's --finetune_epochs for a model that has memorised the sample)."""
+    pytest.importorskip("gguf")
+    data, mmlu = shared_data("semeval25_task4"), shared_data("mmlu")
+    outcome = recipe().main([
+        "--model_name_or_path", "smollm2", "--semeval_data", str(data), "--mmlu_data", str(mmlu),
+        "--max_items_per_group", "1", "--num_train_epochs", "1", "--max_mia_items", "4", "--mmlu_max_items", "2",
+        "--eval_max_new_tokens", "16", "--trace_num_samples", "2", "--output_dir", str(tmp_path / "run"),
+        "--disable_tqdm", "true",
+    ])
+    before, after = outcome["results"]["before"], outcome["results"]["sha256"]
+    assert len(outcome["trace"]["effects"]) == 30 and outcome["trace"]["suggested_layers"]
+    for result in (before, after):
+        assert result["settings"]["num_items"] == {"forget": 6, "retain": 6}
+        assert 0 <= result["task_aggregate"] <= 1 and 0 <= result["mia_score"] <= 1
+        assert result["mmlu"]["settings"]["num_questions"] == 12
+        assert result["final_score"] == pytest.approx(
+            (result["task_aggregate"] + result["mia_score"] + result["mmlu_accuracy"]) / 3)
+    assert Path(outcome["report"]["markdown"]).is_file()
