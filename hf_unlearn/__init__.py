@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 from .data import ForgetRetainDataset, UnlearnDataCollator, load_refusal_templates, load_tofu_split, tokenize_qa
-from .editing import StampConfig, StampResult, stamp, stamp_edit
+from .editing import CausalTraceConfig, StampConfig, StampResult, causal_trace, stamp, stamp_edit
 from .embedded_benchmark import EmbeddedBenchmark, EmbeddedBenchmarkConfig, build_embedded_benchmark
 from .eval import evaluate_muse, evaluate_tofu, write_report
 from .eval.quantization import evaluate_relapse, fake_quantize, load_quantized, write_relapse_report
@@ -21,6 +21,8 @@ from .trainers import (
     GradDiffTrainer,
     IdkDPOConfig,
     IdkDPOTrainer,
+    LayerConstrainedConfig,
+    LayerConstrainedTrainer,
     NPOConfig,
     NPOTrainer,
     RMUConfig,
@@ -38,6 +40,7 @@ __all__ = [
     "METHODS",
     "AntidoteConfig",
     "AntidoteSummary",
+    "CausalTraceConfig",
     "EmbeddedBenchmark",
     "EmbeddedBenchmarkConfig",
     "FLATConfig",
@@ -49,6 +52,8 @@ __all__ = [
     "GradDiffTrainer",
     "IdkDPOConfig",
     "IdkDPOTrainer",
+    "LayerConstrainedConfig",
+    "LayerConstrainedTrainer",
     "NPOConfig",
     "NPOTrainer",
     "RMUConfig",
@@ -67,6 +72,7 @@ __all__ = [
     "antidote_prune",
     "build_assistant",
     "build_embedded_benchmark",
+    "causal_trace",
     "evaluate_muse",
     "evaluate_relapse",
     "evaluate_tofu",
