@@ -29,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Unlearn a forget split with any method, evaluate, report (`hf-unlearn unlearn --help` for flags).",
         add_help=False,
     )
+    subparsers.add_parser(
+        "generate",
+        help="Generate with CleanGen in front of a suspect model (`hf-unlearn generate --cleangen --help`).",
+        add_help=False,
+    )
     _add_eval_parser(subparsers)
     _add_card_parser(subparsers)
     _add_push_parser(subparsers)
@@ -45,6 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         from .pipeline import unlearn_main
 
         unlearn_main(argv[1:], prog="hf-unlearn unlearn")
+        return 0
+    if argv[:1] == ["generate"]:  # dataclass flags (CleanGenConfig), parsed by HfArgumentParser
+        if "--cleangen" not in argv and not {"-h", "--help"} & set(argv):
+            raise SystemExit("hf-unlearn generate: only --cleangen decoding is offered; plain decoding is "
+                             "`model.generate()` in transformers.")
+        from .decoding.generate import generate_main
+
+        generate_main([a for a in argv[1:] if a != "--cleangen"], prog="hf-unlearn generate --cleangen")
         return 0
     args = build_parser().parse_args(argv)
     return args.handler(args)

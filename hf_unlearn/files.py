@@ -23,11 +23,12 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     return path
 
 
-def next_free_dir(base: str | os.PathLike) -> Path:
-    """`base`, or `base-2`, `base-3`, ...: the first that does not exist (earlier results are never reused)."""
+def next_free_path(base: str | os.PathLike, suffix: str = "") -> Path:
+    """`base + suffix`, or `base-2 + suffix`, `base-3 + suffix`, ...: the first that does not exist (earlier
+    results are never reused)."""
     base = Path(base)
-    candidate, n = base, 1
+    candidate, n = base.with_name(base.name + suffix), 1
     while candidate.exists():
         n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
+        candidate = base.with_name(f"{base.name}-{n}{suffix}")
     return candidate

