@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from .data import ForgetRetainDataset, UnlearnDataCollator, load_refusal_templates, load_tofu_split, tokenize_qa
+from .decoding import CleanGenConfig, CleanGenGenerator, CleanGenOutput
 from .editing import CausalTraceConfig, StampConfig, StampResult, causal_trace, stamp, stamp_edit
 from .embedded_benchmark import EmbeddedBenchmark, EmbeddedBenchmarkConfig, build_embedded_benchmark
 from .eval import evaluate_muse, evaluate_tofu, write_report
@@ -41,6 +42,9 @@ __all__ = [
     "AntidoteConfig",
     "AntidoteSummary",
     "CausalTraceConfig",
+    "CleanGenConfig",
+    "CleanGenGenerator",
+    "CleanGenOutput",
     "EmbeddedBenchmark",
     "EmbeddedBenchmarkConfig",
     "FLATConfig",
