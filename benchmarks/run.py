@@ -9,7 +9,7 @@ Every method runs in its own process (its own peak memory; a crash costs one row
 fine-tuned and retain models are cached under `$HF_UNLEARN_CACHE/real_tofu20`. On CUDA everything runs in bf16.
 
 Columns: forget quality, model utility, forget ROUGE-L, MIA AUC (Min-K%), 4-bit relapse (forget ROUGE-L after
-4-bit round-to-nearest quantization minus full precision), unlearning wall time, peak memory, and the cost of one
+NF4 quantization, bitsandbytes' weights reproduced exactly by `fake-nf4`, minus full precision), unlearning wall time, peak memory, and the cost of one
 training step relative to one plain `transformers.Trainer` fine-tuning step on the same model and batch, measured
 side by side in the same process (the floor is the extra forward passes the method's loss needs).
 Writes results.json, results.md and results.png (forget quality vs model utility) into --output_dir.
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAINED_METHODS = ("flat", "grad_ascent", "grad_diff", "npo", "simnpo", "idk_dpo", "rmu", "uld", "layer_constrained")
+METHODS = ("flat", "grad_ascent", "grad_diff", "npo", "simnpo", "idk_dpo", "rmu", "uld", "layer_constrained", "stamp")
 COLUMNS = (
     ("forget_quality", "forget quality"),
     ("model_utility", "model utility"),
@@ -137,47 +137,60 @@ def method_settings(tier: str, method: str) -> dict:
 def run_method(tier: str, method: str, row_path: Path) -> None:
     from hf_unlearn.data import load_tofu_split
     from hf_unlearn.data.tofu import retain_split_for
+    from hf_unlearn.eval.quantization import fake_quantize_model
     from hf_unlearn.eval.tofu import evaluate_tofu
     from hf_unlearn.modeling import load_causal_lm
-    from hf_unlearn.trainers import METHODS
 
     torch.manual_seed(0)
     setup = TIERS[tier]()
     cuda = torch.cuda.is_available()
-    dtype = torch.bfloat16 if cuda else None
     device = "cuda" if cuda else "cpu"
     reference = json.loads(Path(row_path.parent.parent, "reference_eval.json").read_text())
-    model, tokenizer = load_causal_lm(setup["model"], dtype=dtype)
+    model, tokenizer = load_causal_lm(setup["model"], dtype=torch.bfloat16 if cuda else None)
     forget = load_tofu_split(setup["data"], setup["forget_split"])
     retain = load_tofu_split(setup["data"], retain_split_for(setup["forget_split"]))
-    config_class, trainer_class = METHODS[method]
     settings = method_settings(tier, method)
-    with tempfile.TemporaryDirectory() as scratch:
-        common = {"report_to": [], "save_strategy": "no", "disable_tqdm": True, "seed": 0, "bf16": cuda,
-                  "logging_steps": 10_000}
-        step_cost = _step_cost_vs_sft(model, tokenizer, forget, retain, config_class, trainer_class,
-                                      {**common, **settings}, scratch)
-        config = config_class(output_dir=scratch, **common, **settings)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        trainer = trainer_class(model=model, args=config, forget_dataset=forget, retain_dataset=retain,
-                                processing_class=tokenizer)
-        trainer.train()
-        unlearn_s = time.perf_counter() - start
-        unlearned = trainer.evaluation_model()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    unlearn = _stamp if method == "stamp" else _train
+    unlearned, unlearn_s, step_cost = unlearn(method, model.to(device), tokenizer, forget, retain, settings)
     unlearned.eval().to(device)
-    result = evaluate_tofu(unlearned, tokenizer, setup["data"], forget_split=setup["forget_split"],
-                           holdout_split=setup["holdout_split"], reference=reference, progress=False)
-    quantized = _fake_quantized(unlearned, bits=4)
-    result_4bit = evaluate_tofu(quantized, tokenizer, setup["data"], forget_split=setup["forget_split"],
-                                holdout_split=setup["holdout_split"], reference=reference, progress=False)
+    evaluation = {"forget_split": setup["forget_split"], "holdout_split": setup["holdout_split"],
+                  "reference": reference, "progress": False}
+    result = evaluate_tofu(unlearned, tokenizer, setup["data"], **evaluation)
+    result_4bit = evaluate_tofu(fake_quantize_model(unlearned, "fake-nf4"), tokenizer, setup["data"], **evaluation)
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     row = {key: result.get(key) for key, _ in COLUMNS if key in result}
     row.update({"relapse_4bit": result_4bit["forget_rougeL_recall"] - result["forget_rougeL_recall"],
                 "unlearn_s": unlearn_s, "peak_memory_mb": peak, "step_cost_vs_sft": step_cost,
                 "settings": settings, "device": device, "result": result})
     _write_json(row_path, row)
+
+
+def _train(method, model, tokenizer, forget, retain, settings):
+    """Unlearn with the method's trainer; returns (evaluated model, seconds, step time / plain Trainer step)."""
+    from hf_unlearn.trainers import METHODS
+
+    config_class, trainer_class = METHODS[method]
+    with tempfile.TemporaryDirectory() as scratch:
+        common = {"report_to": [], "save_strategy": "no", "disable_tqdm": True, "seed": 0,
+                  "bf16": torch.cuda.is_available(), "logging_steps": 10_000}
+        step_cost = _step_cost_vs_sft(model, tokenizer, forget, retain, config_class, trainer_class,
+                                      {**common, **settings}, scratch)
+        start = time.perf_counter()
+        trainer = trainer_class(model=model, args=config_class(output_dir=scratch, **common, **settings),
+                                forget_dataset=forget, retain_dataset=retain, processing_class=tokenizer)
+        trainer.train()
+        return trainer.evaluation_model(), time.perf_counter() - start, step_cost
+
+
+def _stamp(method, model, tokenizer, forget, retain, settings):
+    """STAMP's closed-form edit of every forget fact (no training steps, so no step-cost ratio)."""
+    from hf_unlearn.editing import StampConfig, stamp_edit
+
+    start = time.perf_counter()
+    result = stamp_edit(model, tokenizer, forget=list(forget), retain=list(retain), config=StampConfig(**settings))
+    return result.model, time.perf_counter() - start, None
 
 
 def _step_cost_vs_sft(model, tokenizer, forget, retain, config_class, trainer_class, settings, scratch, steps=6):
@@ -240,20 +253,6 @@ class _StepTimer:
     def seconds_per_step(self) -> float:
         timed = self.durations[1:]
         return sum(timed) / len(timed)
-
-
-def _fake_quantized(model, bits: int):
-    """A copy of `model` with every linear weight rounded to `bits`-bit absmax round-to-nearest, groups of 64."""
-    import copy
-
-    quantized = copy.deepcopy(model)
-    with torch.no_grad():
-        for module in quantized.modules():
-            if isinstance(module, torch.nn.Linear) and module.weight.shape[1] % 64 == 0:
-                weight = module.weight.float().reshape(-1, 64)
-                scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / (2 ** (bits - 1) - 1)
-                module.weight.copy_((torch.round(weight / scale) * scale).reshape(module.weight.shape))
-    return quantized
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -336,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--tier", choices=sorted(TIERS), default="embedded")
-    parser.add_argument("--methods", nargs="+", default=list(TRAINED_METHODS), choices=TRAINED_METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--output_dir", help="Results folder (default benchmarks/results/<tier>); resumes.")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one method in this process
     args = parser.parse_args(argv)

@@ -247,6 +247,7 @@ EMBEDDED_DEFAULTS: dict[str, dict] = {
             "assistant_lora_r": 32, "assistant_lora_alpha": 64, "assistant_weight": 1.0},
     "layer_constrained": {"learning_rate": 1e-3, "lr_scheduler_type": "constant", "num_train_epochs": 6,
                           "per_device_train_batch_size": 8},
+    "stamp": {"num_auto_layers": 4, "forget_weight": 1.0},  # every forget10 fact at once (benchmarks/run.py)
 }
 
 UNLEARN_EXAMPLES = """examples:
