@@ -183,11 +183,7 @@ class UnlearnTrainer(Trainer):
             else None
         )
         train_dataset = ForgetRetainDataset(forget_views, retain_examples, seed=args.seed, process_index=args.process_index)
-        eval_dataset = None
-        if args.eval_data is not None:
-            from ..data.tofu import load_tofu_split
-
-            eval_dataset = load_tofu_split(args.eval_data, f"{args.eval_forget_split}_perturbed")
+        eval_dataset = self.evaluation_dataset(args) if args.eval_data is not None else None
         super().__init__(
             model=model,
             args=args,
@@ -262,20 +258,18 @@ class UnlearnTrainer(Trainer):
             self._logged.clear()
         super().log(logs, *args, **kwargs)
 
-    def evaluation_model(self):
-        """The model the evaluation core judges: the trained model itself, for most methods."""
-        return self.accelerator.unwrap_model(self.model)
+    def evaluation_dataset(self, args: UnlearnConfig):
+        """The rows `Trainer` holds as `eval_dataset` (it requires one for an evaluation strategy); `evaluate` reads
+        every split it needs from `args.eval_data` itself."""
+        from ..data.tofu import load_tofu_split
 
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Evaluate with the TOFU evaluation core on `args.eval_data` (every process takes part)."""
-        if self.args.eval_data is None:
-            raise ValueError("Set `eval_data` in the config (a TOFU-schema folder or Hub name) to evaluate.")
+        return load_tofu_split(args.eval_data, f"{args.eval_forget_split}_perturbed")
+
+    def evaluation_result(self, model) -> dict:
+        """The evaluation core's result for `model`: TOFU metrics on `args.eval_data`."""
         from ..eval.tofu import evaluate_tofu
 
-        model = self.evaluation_model()
-        was_training = model.training
-        model.eval()
-        result = evaluate_tofu(
+        return evaluate_tofu(
             model,
             self.processing_class,
             self.args.eval_data,
@@ -288,7 +282,22 @@ class UnlearnTrainer(Trainer):
             progress=self.is_world_process_zero(),
             accelerator=self.accelerator,
         )
-        model.train(was_training)
+
+    def evaluation_model(self):
+        """The model the evaluation core judges: the trained model itself, for most methods."""
+        return self.accelerator.unwrap_model(self.model)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Evaluate with the TOFU evaluation core on `args.eval_data` (every process takes part)."""
+        if self.args.eval_data is None:
+            raise ValueError("Set `eval_data` in the config (a TOFU-schema folder or Hub name) to evaluate.")
+        model = self.evaluation_model()
+        was_training = model.training
+        model.eval()
+        try:
+            result = self.evaluation_result(model)
+        finally:
+            model.train(was_training)
         self.last_evaluation = result
         metrics = {
             f"{metric_key_prefix}_{k}": float(v)

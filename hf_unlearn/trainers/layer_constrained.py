@@ -175,19 +175,14 @@ class LayerConstrainedTrainer(UnlearnTrainer):
     config_class = LayerConstrainedConfig
 
     def __init__(self, model, args: LayerConstrainedConfig | None = None, *positional, callbacks=None, **kwargs):
-        callbacks = [*(callbacks or []), AdaptiveAlphaCallback()]
-        if args is None or args.eval_benchmark != "semeval" or args.eval_data is None:
-            super().__init__(model, args, *positional, callbacks=callbacks, **kwargs)
-            return
-        # The base trainer reads TOFU evaluation splits from `eval_data` (and the Trainer refuses an evaluation
-        # strategy without an eval_dataset); a SemEval folder is evaluated by `evaluate` itself, so both are
-        # hidden from the base's set-up and put back afterwards.
-        semeval_data, eval_strategy = args.eval_data, args.eval_strategy
-        args.eval_data, args.eval_strategy = None, "no"
-        try:
-            super().__init__(model, args, *positional, callbacks=callbacks, **kwargs)
-        finally:
-            args.eval_data, args.eval_strategy = semeval_data, eval_strategy
+        super().__init__(model, args, *positional, callbacks=[*(callbacks or []), AdaptiveAlphaCallback()], **kwargs)
+
+    def evaluation_dataset(self, args: LayerConstrainedConfig):
+        if args.eval_benchmark == "semeval":
+            from ..eval.semeval import load_semeval_split
+
+            return load_semeval_split(args.eval_data, f"forget_{args.eval_semeval_split}")
+        return super().evaluation_dataset(args)
 
     @property
     def alpha_schedule(self) -> AdaptiveAlphaCallback:
@@ -234,45 +229,14 @@ class LayerConstrainedTrainer(UnlearnTrainer):
                    "retain_loss_rise": torch.tensor(rise)}
         return loss, metrics
 
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+    def evaluation_result(self, model) -> dict:
         """TOFU or SemEval evaluation (on `args.eval_data`) plus `selection_score`, which picks the best checkpoint:
         TOFU: harmonic mean of (1 - forget ROUGE-L recall, model utility); SemEval: the task aggregate."""
-        if self.args.eval_data is None:
-            raise ValueError("Set `eval_data` in the config (TOFU-schema data, or a SemEval-2025 Task 4 folder with "
-                             "eval_benchmark='semeval') to evaluate.")
-        model = self.accelerator.unwrap_model(self.model)
-        was_training = model.training
-        model.eval()
-        try:
-            result = self._evaluate_tofu(model) if self.args.eval_benchmark == "tofu" else self._evaluate_semeval(model)
-        finally:
-            model.train(was_training)
-        self.last_evaluation = result
-        metrics = {
-            f"{metric_key_prefix}_{k}": float(v)
-            for k, v in result.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
-        }
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
+        if self.args.eval_benchmark == "semeval":
+            return self._evaluate_semeval(model)
+        from ..eval.tofu import harmonic_mean
 
-    def _evaluate_tofu(self, model) -> dict:
-        from ..eval.tofu import evaluate_tofu, harmonic_mean
-
-        result = evaluate_tofu(
-            model,
-            self.processing_class,
-            self.args.eval_data,
-            forget_split=self.args.eval_forget_split,
-            holdout_split=self.args.eval_holdout_split,
-            reference=self.args.eval_reference,
-            max_new_tokens=self.args.eval_max_new_tokens,
-            max_length=self.args.max_length,
-            max_items=self.args.eval_max_items,
-            progress=self.is_world_process_zero(),
-            accelerator=self.accelerator,
-        )
+        result = super().evaluation_result(model)
         result["selection_score"] = harmonic_mean([1 - result["forget_rougeL_recall"], result["model_utility"]])
         return result
 
