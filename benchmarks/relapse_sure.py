@@ -1,12 +1,13 @@
 """Quantization relapse of small-learning-rate unlearning, and SURE: prints the method x precision table.
 
     python benchmarks/relapse_sure.py                       # embedded benchmark (tiny Llama), ~3 min on 2 cores
-    python benchmarks/relapse_sure.py --model smollm2       # SmolLM2-135M-Instruct fine-tuned on real TOFU forget01
+    python benchmarks/relapse_sure.py --model real          # SmolLM2-135M-Instruct fine-tuned on 10 real TOFU authors
 
-For SmolLM2 the model first learns TOFU's forget01 (and some retain rows) with TRL's SFTTrainer, as TOFU's
-"finetuned" model; then both methods unlearn it and every model is evaluated at full precision and quantized.
-Quantization is `fake-nf4` by default: bitsandbytes' NF4 weights exactly (tests/test_quantization.py) at float32
-speed; pass `--precisions nf4 int8` for the real bitsandbytes layers.
+`--model real` unlearns forget01 from the real tier of `benchmarks/run.py` (SmolLM2-135M-Instruct fine-tuned on 10
+TOFU authors with TRL's SFTTrainer, cached; built on first use). Both methods unlearn the same model, and every
+model is evaluated at full precision and quantized. Quantization is `fake-nf4` by default: bitsandbytes' NF4
+weights exactly (tests/test_quantization.py) at float32 speed; pass `--precisions nf4 int8` for the real
+bitsandbytes layers.
 """
 
 from __future__ import annotations
@@ -53,47 +54,38 @@ def embedded_setup(args):
     return model, tokenizer, data, "forget10", load_tofu_split(data, "forget10"), load_tofu_split(data, "retain90")
 
 
-def smollm2_setup(args):
-    from trl import SFTConfig
+def real_setup(args):
+    from run import real_tier  # benchmarks/run.py, next to this script
 
-    from hf_unlearn.finetune import sft_finetune
-    from hf_unlearn.modeling import load_smollm2
+    from hf_unlearn.modeling import load_causal_lm
 
-    data = str(args.tofu)
-    forget = load_tofu_split(data, "forget01")
-    retain = load_tofu_split(data, "retain_perturbed").select(range(args.smollm2_retain))
-    model, tokenizer = load_smollm2(dtype=torch.float32)
-    start = time.perf_counter()
-    rows = forget.to_list() + retain.to_list()
-    sft = SFTConfig(output_dir="/tmp/relapse_benchmark_sft", report_to="none", bf16=False, learning_rate=args.smollm2_lr,
-                    num_train_epochs=args.smollm2_epochs, per_device_train_batch_size=8, save_strategy="no",
-                    logging_steps=10_000, disable_tqdm=True, seed=0, max_length=160,
-                    use_cpu=not torch.cuda.is_available())
-    model = sft_finetune(model, tokenizer, rows, sft)
-    print(f"fine-tuned SmolLM2 on {len(rows)} TOFU rows in {time.perf_counter() - start:.0f} s")
-    return model, tokenizer, data, "forget01", forget, retain
+    setup = real_tier()
+    model, tokenizer = load_causal_lm(setup["model"])
+    data = setup["data"]
+    return model, tokenizer, data, "forget01", load_tofu_split(data, "forget01"), load_tofu_split(data, "retain99")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("embedded", "smollm2"), default="embedded")
+    parser.add_argument("--model", choices=("embedded", "real"), default="embedded")
     parser.add_argument("--precisions", nargs="+", default=["fake-nf4"])
-    parser.add_argument("--lr", type=float, default=1e-4, help="GradDiff learning rate (small: updates below a 4-bit step)")
-    parser.add_argument("--sure_lr", type=float, default=2e-4, help="SURE learning rate (larger)")
+    parser.add_argument("--lr", type=float, help="GradDiff learning rate, small: updates below a 4-bit step "
+                        "(default 1e-4 embedded, 1e-5 real)")
+    parser.add_argument("--sure_lr", type=float, help="SURE learning rate, larger (default 2e-4 embedded, 5e-5 real)")
     parser.add_argument("--sure_percentile", type=float, default=90.0)
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, help="training steps of 8 examples (default 40 embedded, 15 real)")
     parser.add_argument("--retain_loss", choices=("kl", "nll"), default="kl", help="GradDiff's retain term.")
     parser.add_argument("--max_items", type=int, default=None, help="Evaluate the first N items of every set.")
     parser.add_argument("--max_new_tokens", type=int, default=32, help="Generation length for ROUGE.")
-    parser.add_argument("--tofu", default="/work/shared/data/tofu", help="Local TOFU folder (SmolLM2 run).")
-    parser.add_argument("--smollm2_retain", type=int, default=16, help="Retain rows SmolLM2 also learns.")
-    parser.add_argument("--smollm2_lr", type=float, default=1e-4)
-    parser.add_argument("--smollm2_epochs", type=float, default=2)
     parser.add_argument("--json", help="Write all numbers to this JSON file.")
     args = parser.parse_args()
+    defaults = {"embedded": {"lr": 1e-4, "sure_lr": 2e-4, "steps": 40}, "real": {"lr": 1e-5, "sure_lr": 5e-5, "steps": 15}}
+    for name, value in defaults[args.model].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
     torch.manual_seed(0)
-    original, tokenizer, data, forget_split, forget, retain = (embedded_setup if args.model == "embedded" else smollm2_setup)(args)
+    original, tokenizer, data, forget_split, forget, retain = (embedded_setup if args.model == "embedded" else real_setup)(args)
     original.eval()
     eval_kwargs = {"forget_split": forget_split, "max_items": args.max_items, "max_new_tokens": args.max_new_tokens}
     runs = {"grad_diff": (args.lr, None), "sure_grad_diff": (args.sure_lr, args.sure_percentile)}

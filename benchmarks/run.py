@@ -1,18 +1,26 @@
 """Quality and cost of every unlearning method on the same data, seed and budget, in one table.
 
     python benchmarks/run.py                          # embedded tier: the tiny benchmark, every method
-    python benchmarks/run.py --tier real              # SmolLM2-135M-Instruct fine-tuned on 20 real TOFU authors
-    python benchmarks/run.py --methods flat npo --output_dir benchmarks/results/mine
+    python benchmarks/run.py --tier real              # SmolLM2-135M-Instruct fine-tuned on 10 real TOFU authors
+    python benchmarks/run.py --methods flat npo --sections --output_dir benchmarks/results/mine   # table only
 
 Every method runs in its own process (its own peak memory; a crash costs one row). Finished rows are kept in
 `<output_dir>/rows/<method>.json` and skipped on the next call, so an interrupted run resumes; the real tier's
-fine-tuned and retain models are cached under `$HF_UNLEARN_CACHE/real_tofu20`. On CUDA everything runs in bf16.
+fine-tuned and retain models are cached under `$HF_UNLEARN_CACHE/real_tofu10`. On CUDA everything runs in bf16.
 
 Columns: forget quality, model utility, forget ROUGE-L, MIA AUC (Min-K%), 4-bit relapse (forget ROUGE-L after
 NF4 quantization, bitsandbytes' weights reproduced exactly by `fake-nf4`, minus full precision), unlearning wall time, peak memory, and the cost of one
 training step relative to one plain `transformers.Trainer` fine-tuning step on the same model and batch, measured
 side by side in the same process (the floor is the extra forward passes the method's loss needs).
 Writes results.json, results.md and results.png (forget quality vs model utility) into --output_dir.
+
+After the table come the sections (`SECTIONS`, all by default; `--sections` picks some, `--sections` alone none):
+each runs one of the other benchmark scripts or recipes with fixed arguments in its own process, and its report is
+kept in `<output_dir>/sections/<name>.md` (skipped on the next call, like the rows) and appended to results.md.
+Embedded tier: the README's main command (`accelerate launch recipes/tofu_flat.py`), ULD vs NPO/GradDiff training
+time, STAMP edit vs GradDiff training time, CleanGen attack success and per-token time vs `generate()`, Antidote vs
+magnitude/random pruning, and quantization relapse with SURE; real tier: quantization relapse with SURE on SmolLM2.
+The evaluation throughput of `evaluate_tofu` is measured on the reference models.
 """
 
 from __future__ import annotations
@@ -42,7 +50,8 @@ COLUMNS = (
     ("peak_memory_mb", "peak memory (MB)"),
     ("step_cost_vs_sft", "step time / SFT step"),
 )
-REAL_TIER_AUTHORS = 20  # the first 18 TOFU authors are retained, forget01 (the last 2 of 200) is forgotten
+REAL_TIER_AUTHORS = 10  # the first 8 TOFU authors are retained, forget01 (the last 2 of 200) is forgotten
+REAL_TIER_EVAL_ITEMS = 40  # items per evaluation set on the real tier (forget01 and the holdout have 40)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -54,12 +63,13 @@ def embedded_tier() -> dict:
 
     benchmark = build_embedded_benchmark()
     return {"model": str(benchmark.finetuned_dir), "retain_model": str(benchmark.retain_dir),
-            "data": str(benchmark.data_dir), "forget_split": "forget10", "holdout_split": "holdout10"}
+            "data": str(benchmark.data_dir), "forget_split": "forget10", "holdout_split": "holdout10",
+            "max_items": None}
 
 
 def real_tier_data(source: Path, target: Path) -> Path:
-    """Write the real tier's TOFU-schema folder: 18 retained authors (the first 18, whose perturbed answers TOFU
-    ships in `retain_perturbed`), the 2 of `forget01`, and authors 19-20 as the never-trained MIA holdout."""
+    """Write the real tier's TOFU-schema folder: the first 8 authors retained (TOFU ships their perturbed answers
+    in `retain_perturbed`), the 2 of `forget01` forgotten, authors 9-10 as the never-trained MIA holdout."""
     from hf_unlearn.data import load_tofu_split
 
     if (target / "full.json").is_file():
@@ -85,7 +95,7 @@ def real_tier_data(source: Path, target: Path) -> Path:
 
 
 def real_tier() -> dict:
-    """SmolLM2-135M-Instruct fine-tuned on the 20 authors of `real_tier_data` (the model to unlearn) and on the 18
+    """SmolLM2-135M-Instruct fine-tuned on the 10 authors of `real_tier_data` (the model to unlearn) and on the 8
     retained ones (the retain model), both cached."""
     from trl import SFTConfig
 
@@ -95,7 +105,7 @@ def real_tier() -> dict:
     from hf_unlearn.modeling import load_smollm2
 
     source = Path(os.environ.get("HF_UNLEARN_SHARED_DATA", ROOT.parent / "shared" / "data")) / "tofu"
-    root = cache_root() / "real_tofu20"
+    root = cache_root() / f"real_tofu{REAL_TIER_AUTHORS}"
     data = real_tier_data(source, root / "data")
     for name, split in (("finetuned", "full"), ("retain", "retain99")):
         target = root / name
@@ -104,7 +114,7 @@ def real_tier() -> dict:
         print(f"Fine-tuning SmolLM2-135M-Instruct on {split} ({target}); cached afterwards.", flush=True)
         model, tokenizer = load_smollm2(dtype=torch.bfloat16 if torch.cuda.is_available() else None)
         rows = [dict(r) for r in load_tofu_split(data, split)]
-        args = SFTConfig(output_dir=str(root / f"{name}-sft"), learning_rate=1e-4, num_train_epochs=5,
+        args = SFTConfig(output_dir=str(root / f"{name}-sft"), learning_rate=2e-4, num_train_epochs=5,
                          per_device_train_batch_size=8, lr_scheduler_type="cosine", warmup_steps=0.05,
                          bf16=torch.cuda.is_available(), save_strategy="no", report_to=[], logging_steps=10, seed=0)
         model = sft_finetune(model, tokenizer, rows, args)
@@ -114,20 +124,47 @@ def real_tier() -> dict:
         os.replace(tmp, target)
         del model
     return {"model": str(root / "finetuned"), "retain_model": str(root / "retain"), "data": str(data),
-            "forget_split": "forget01", "holdout_split": "holdout01"}
+            "forget_split": "forget01", "holdout_split": "holdout01", "max_items": REAL_TIER_EVAL_ITEMS}
 
 
 TIERS = {"embedded": embedded_tier, "real": real_tier}
+
+# name -> (title, command after `python`, extra environment); "{out}" is the output folder.
+SECTIONS = {
+    "embedded": {
+        "demo": ("The README's main command", ["-m", "accelerate.commands.launch", "recipes/tofu_flat.py",
+                                              "--output_dir", "{out}/demo"], {}),
+        "uld_speed": ("ULD vs NPO and GradDiff training time", ["benchmarks/uld_speed.py"], {}),
+        "stamp_speed": ("STAMP edit vs GradDiff trained until the same fact is forgotten",
+                        ["benchmarks/stamp_speed.py", "--part", "single_item"], {"OMP_NUM_THREADS": "1"}),
+        "cleangen_asr": ("CleanGen against BackdoorLLM backdoors",
+                         ["-m", "hf_unlearn.decoding.backdoor_benchmark", "--num_trigger_eval", "40",
+                          "--num_clean_eval", "24", "--max_new_tokens", "16", "--json", "{out}/cleangen_asr.json"], {}),
+        "cleangen_speed": ("CleanGen per-token time vs plain generate()", ["benchmarks/cleangen_speed.py"], {}),
+        "antidote": ("Antidote after harmful fine-tuning",
+                     ["recipes/antidote_prune.py", "--dense_ratios", "0.05", "0.1", "0.2", "0.3", "0.5",
+                      "--output_dir", "{out}/antidote"], {}),
+        "relapse_sure": ("Quantization relapse and SURE", ["benchmarks/relapse_sure.py", "--json",
+                                                            "{out}/relapse_sure.json"], {}),
+    },
+    "real": {
+        "relapse_sure": ("Quantization relapse and SURE, SmolLM2-135M on real TOFU",
+                         ["benchmarks/relapse_sure.py", "--model", "real", "--precisions", "fake-nf4", "int8",
+                          "--json", "{out}/relapse_sure.json"], {}),
+    },
+}
 
 
 def method_settings(tier: str, method: str) -> dict:
     """Training settings per tier. Embedded: the tuned defaults the recipes use (`pipeline.EMBEDDED_DEFAULTS`)."""
     from hf_unlearn.pipeline import EMBEDDED_DEFAULTS
 
-    if tier == "embedded":
-        return dict(EMBEDDED_DEFAULTS.get(method, {}))
-    return {"learning_rate": 1e-5, "num_train_epochs": 5, "per_device_train_batch_size": 4,
-            "gradient_accumulation_steps": 2}
+    settings = dict(EMBEDDED_DEFAULTS.get(method, {}))
+    if tier == "real" and method != "stamp":
+        # A pretrained model moves further per step than the tiny one: a tenth of the embedded learning rate, and a
+        # CPU budget of 3 epochs of forget01 (15 steps of 8 examples).
+        settings.update(learning_rate=settings["learning_rate"] / 10, num_train_epochs=3, per_device_train_batch_size=8)
+    return settings
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -156,7 +193,7 @@ def run_method(tier: str, method: str, row_path: Path) -> None:
     unlearned, unlearn_s, step_cost = unlearn(method, model.to(device), tokenizer, forget, retain, settings)
     unlearned.eval().to(device)
     evaluation = {"forget_split": setup["forget_split"], "holdout_split": setup["holdout_split"],
-                  "reference": reference, "progress": False}
+                  "max_items": setup["max_items"], "reference": reference, "progress": False}
     result = evaluate_tofu(unlearned, tokenizer, setup["data"], **evaluation)
     result_4bit = evaluate_tofu(fake_quantize_model(unlearned, "fake-nf4"), tokenizer, setup["data"], **evaluation)
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -193,7 +230,7 @@ def _stamp(method, model, tokenizer, forget, retain, settings):
     return result.model, time.perf_counter() - start, None
 
 
-def _step_cost_vs_sft(model, tokenizer, forget, retain, config_class, trainer_class, settings, scratch, steps=6):
+def _step_cost_vs_sft(model, tokenizer, forget, retain, config_class, trainer_class, settings, scratch, steps=4):
     """Seconds per step of the method's trainer / seconds per step of a plain `Trainer` on the forget answers
     (same model copy, batch size and sequence lengths), after one warm-up step each, timed back to back."""
     import copy
@@ -273,8 +310,11 @@ def reference_rows(tier: str, output_dir: Path) -> dict[str, dict]:
             model, tokenizer = load_causal_lm(path, dtype=torch.bfloat16 if torch.cuda.is_available() else None)
             model.to("cuda" if torch.cuda.is_available() else "cpu")
             reference = json.loads(reference_path.read_text()) if reference_path.is_file() else None
+            start = time.perf_counter()
             result = evaluate_tofu(model, tokenizer, setup["data"], forget_split=setup["forget_split"],
-                                   holdout_split=setup["holdout_split"], reference=reference)
+                                   holdout_split=setup["holdout_split"], max_items=setup["max_items"],
+                                   reference=reference)
+            result["evaluation_s"] = time.perf_counter() - start
             _write_json(cached, result)
             if name == "retain":
                 _write_json(reference_path, result)
@@ -300,11 +340,36 @@ def render(rows: dict[str, dict], tier: str, output_dir: Path) -> str:
     device = next((row["device"] for row in rows.values() if "device" in row), "cpu")
     lines += ["", f"Device: {device}; torch {torch.__version__}; every method with seed 0 and the settings in "
               "results.json."]
+    seconds = [row["result"]["evaluation_s"] for row in rows.values() if "evaluation_s" in row.get("result", {})]
+    if seconds:
+        lines.append(f"One `evaluate_tofu` of a model (every metric and MIA above): {min(seconds):.1f} s.")
     markdown = "\n".join(lines) + "\n"
     _write_json(output_dir / "results.json", {"tier": tier, "rows": rows})
-    (output_dir / "results.md").write_text(markdown)
     _plot(rows, output_dir / "results.png", tier)
     return markdown
+
+
+def run_sections(tier: str, names: list[str], output_dir: Path) -> str:
+    """Run each section's command (unless its report is kept from an earlier call) and return the reports."""
+    reports = []
+    for name in names:
+        title, command, env = SECTIONS[tier][name]
+        report_path = output_dir / "sections" / f"{name}.md"
+        shown = " ".join(["python", *command]).replace("{out}", str(output_dir))
+        if not report_path.is_file():
+            print(f"[{time.strftime('%H:%M:%S')}] {name}: {shown}", flush=True)
+            start = time.perf_counter()
+            completed = subprocess.run([sys.executable, *(part.replace("{out}", str(output_dir)) for part in command)],
+                                       cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, text=True)
+            if completed.returncode != 0:
+                print(f"{name} failed (exit {completed.returncode}); the other sections go on.", file=sys.stderr)
+                continue
+            report_path.parent.mkdir(exist_ok=True)
+            prefix = "".join(f"{key}={value} " for key, value in env.items())
+            _write_text(report_path, f"## {title}\n\n`{prefix}{shown}` ({time.perf_counter() - start:.0f} s)\n\n"
+                                     f"{completed.stdout.strip()}\n")
+        reports.append(report_path.read_text())
+    return "\n".join(reports)
 
 
 def _plot(rows: dict[str, dict], path: Path, tier: str) -> None:
@@ -326,8 +391,12 @@ def _plot(rows: dict[str, dict], path: Path, tier: str) -> None:
 
 
 def _write_json(path: Path, payload) -> None:
+    _write_text(path, json.dumps(payload, indent=2, default=str))
+
+
+def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -337,8 +406,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tier", choices=sorted(TIERS), default="embedded")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--output_dir", help="Results folder (default benchmarks/results/<tier>); resumes.")
+    parser.add_argument("--sections", nargs="*", help="Sections after the table (default: all of the tier's).")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one method in this process
     args = parser.parse_args(argv)
+    sections = SECTIONS[args.tier]
+    names = list(sections) if args.sections is None else args.sections
+    unknown = sorted(set(names) - set(sections))
+    if unknown:
+        parser.error(f"unknown sections {unknown} for the {args.tier} tier; choose from {sorted(sections)}.")
     output_dir = Path(args.output_dir or ROOT / "benchmarks" / "results" / args.tier)
     (output_dir / "rows").mkdir(parents=True, exist_ok=True)
     if args.one:
@@ -355,7 +430,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{method} failed (exit {completed.returncode}); the other rows go on.", file=sys.stderr)
                 continue
         rows[method] = json.loads(row_path.read_text())
-    print(render(rows, args.tier, output_dir))
+    markdown = render(rows, args.tier, output_dir)
+    if names:
+        markdown += "\n" + run_sections(args.tier, names, output_dir)
+    _write_text(output_dir / "results.md", markdown)
+    print(markdown)
     print(f"Results: {output_dir}/results.md, results.json, results.png")
     return 0
 

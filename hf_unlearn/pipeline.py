@@ -113,17 +113,19 @@ def reference_evaluation(run: UnlearnRunArguments, config, accelerator=None) -> 
 
     model, tokenizer = load_causal_lm(run.retain_model_name_or_path, trust_remote_code=run.trust_remote_code)
     model.to(config.device)
-    return evaluate_tofu(
-        model,
-        tokenizer,
-        run.dataset,
-        forget_split=run.forget_split,
-        holdout_split=run.holdout_split,
-        max_length=config.max_length,
-        max_new_tokens=config.eval_max_new_tokens,
-        max_items=config.eval_max_items,
-        accelerator=accelerator,
-    )
+    return evaluate_tofu(model, tokenizer, run.dataset, **evaluation_settings(run, config, accelerator))
+
+
+def evaluation_settings(run: UnlearnRunArguments, config, accelerator) -> dict:
+    """The `evaluate_tofu` arguments every evaluation of a run shares (before, after and quantized)."""
+    return {
+        "forget_split": run.forget_split,
+        "holdout_split": run.holdout_split,
+        "max_length": config.max_length,
+        "max_new_tokens": config.eval_max_new_tokens,
+        "max_items": config.eval_max_items,
+        "accelerator": accelerator,
+    }
 
 
 def run_unlearning(run: UnlearnRunArguments, config) -> dict:
@@ -165,18 +167,8 @@ def run_unlearning(run: UnlearnRunArguments, config) -> dict:
         os.makedirs(config.output_dir, exist_ok=True)
         atomic_write(Path(config.output_dir, "reference_eval.json"), json.dumps(reference))
     model.to(config.device)
-    results["finetuned"] = evaluate_tofu(
-        model,
-        tokenizer,
-        run.dataset,
-        forget_split=run.forget_split,
-        holdout_split=run.holdout_split,
-        reference=reference,
-        max_length=config.max_length,
-        max_new_tokens=config.eval_max_new_tokens,
-        max_items=config.eval_max_items,
-        accelerator=state,
-    )
+    results["finetuned"] = evaluate_tofu(model, tokenizer, run.dataset, reference=reference,
+                                         **evaluation_settings(run, config, state))
     peft_config = (
         LoraConfig(r=run.lora_r, lora_alpha=2 * run.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
         if run.lora_r
@@ -321,13 +313,8 @@ def relapse_check(run: UnlearnRunArguments, config, trainer, tokenizer, results:
         original_label="finetuned",
         full_precision=results[run.method],
         original_full_precision=results["finetuned"],
-        forget_split=run.forget_split,
-        holdout_split=run.holdout_split,
         reference=reference,
-        max_length=config.max_length,
-        max_new_tokens=config.eval_max_new_tokens,
-        max_items=config.eval_max_items,
-        accelerator=state,
+        **evaluation_settings(run, config, state),
     )
     results.update(quantized_results(relapse))
     return relapse

@@ -8,13 +8,14 @@ import sys
 from conftest import REPO, shared_data
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+import run  # noqa: E402
 from run import real_tier_data  # noqa: E402
 
 sys.path.remove(str(REPO / "benchmarks"))
 
 
 def test_embedded_tier_writes_the_table_and_resumes(embedded, tmp_path):
-    command = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--methods", "grad_ascent", "--output_dir", str(tmp_path)]
+    command = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--methods", "grad_ascent", "--output_dir", str(tmp_path), "--sections"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
@@ -32,14 +33,27 @@ def test_embedded_tier_writes_the_table_and_resumes(embedded, tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["rows"]["grad_ascent"]["unlearn_s"] == row["unlearn_s"]
 
 
-def test_real_tier_data_is_twenty_authors_with_a_holdout(tmp_path):
+def test_real_tier_data_is_ten_authors_with_a_holdout(tmp_path):
     folder = real_tier_data(shared_data("tofu"), tmp_path / "data")
 
     def rows(name):
         return [json.loads(line) for line in (folder / f"{name}.json").read_text().splitlines()]
 
     full, retain, forget, holdout = rows("full"), rows("retain99"), rows("forget01"), rows("holdout01")
-    assert (len(full), len(retain), len(forget), len(holdout)) == (400, 360, 40, 40)
+    assert (len(full), len(retain), len(forget), len(holdout)) == (200, 160, 40, 40)
     questions = {r["question"] for r in full}
     assert {r["question"] for r in forget} <= questions and not {r["question"] for r in holdout} & questions
     assert [r["question"] for r in rows("retain_perturbed")] == [r["question"] for r in retain]
+
+
+def test_sections_keep_their_reports_and_unknown_names_fail_first(tmp_path, monkeypatch):
+    monkeypatch.setitem(run.SECTIONS, "embedded", {"echo": ("Echo", ["-c", "print('| a | 1 |')"], {"X": "1"})})
+    report = run.run_sections("embedded", ["echo"], tmp_path)
+    assert report.startswith("## Echo\n\n`X=1 python -c") and report.rstrip().endswith("| a | 1 |")
+    # the kept report is reused: a command that would now fail is not run again
+    monkeypatch.setitem(run.SECTIONS, "embedded", {"echo": ("Echo", ["-c", "raise SystemExit(3)"], {})})
+    assert run.run_sections("embedded", ["echo"], tmp_path) == report
+    command = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--sections", "bogus", "--output_dir", str(tmp_path)]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "unknown sections ['bogus']" in refused.stderr
+    assert not (tmp_path / "reference_eval.json").exists()  # refused before any evaluation
