@@ -200,7 +200,9 @@ def run_method(tier: str, method: str, row_path: Path) -> None:
     unlearned.eval().to(device)
     evaluation = {"forget_split": setup["forget_split"], "holdout_split": setup["holdout_split"],
                   "max_items": setup["max_items"], "reference": reference, "progress": False}
+    start = time.perf_counter()
     result = evaluate_tofu(unlearned, tokenizer, setup["data"], **evaluation)
+    result["evaluation_s"] = time.perf_counter() - start
     result_4bit = evaluate_tofu(fake_quantize_model(unlearned, "fake-nf4"), tokenizer, setup["data"], **evaluation)
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     row = {key: result.get(key) for key, _ in COLUMNS if key in result}
