@@ -360,13 +360,14 @@ def render(rows: dict[str, dict], tier: str, output_dir: Path) -> str:
     return markdown
 
 
-def run_sections(tier: str, names: list[str], output_dir: Path) -> str:
-    """Run each section's command (unless its report is kept from an earlier call) and return the reports."""
+def run_sections(tier: str, names: list[str], output_dir: Path, shown_dir: str | None = None) -> str:
+    """Run each section's command (unless its report is kept from an earlier call) and return the reports; the
+    commands are shown with `shown_dir` (default: output_dir) for the output folder."""
     reports = []
     for name in names:
         title, command, env = SECTIONS[tier][name]
         report_path = output_dir / "sections" / f"{name}.md"
-        shown = " ".join(["python", *command]).replace("{out}", str(output_dir))
+        shown = " ".join(["python", *command]).replace("{out}", shown_dir or str(output_dir))
         if not report_path.is_file():
             print(f"[{time.strftime('%H:%M:%S')}] {name}: {shown}", flush=True)
             start = time.perf_counter()
@@ -425,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(sections))
     if unknown:
         parser.error(f"unknown sections {unknown} for the {args.tier} tier; choose from {sorted(sections)}.")
-    output_dir = Path(args.output_dir or ROOT / "benchmarks" / "results" / args.tier)
+    shown_dir = args.output_dir or f"benchmarks/results/{args.tier}"
+    output_dir = Path(args.output_dir).resolve() if args.output_dir else ROOT / shown_dir
     (output_dir / "rows").mkdir(parents=True, exist_ok=True)
     if args.one:
         run_method(args.tier, args.one, output_dir / "rows" / f"{args.one}.json")
@@ -443,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         rows[method] = json.loads(row_path.read_text())
     markdown = render(rows, args.tier, output_dir)
     if names:
-        markdown += "\n" + run_sections(args.tier, names, output_dir)
+        markdown += "\n" + run_sections(args.tier, names, output_dir, shown_dir)
     _write_text(output_dir / "results.md", markdown)
     print(markdown)
     print(f"Results: {output_dir}/results.md, results.json, results.png")
