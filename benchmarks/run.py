@@ -379,9 +379,14 @@ def run_sections(tier: str, names: list[str], output_dir: Path, shown_dir: str |
             report_path.parent.mkdir(exist_ok=True)
             prefix = "".join(f"{key}={value} " for key, value in env.items())
             _write_text(report_path, f"## {title}\n\n`{prefix}{shown}` ({time.perf_counter() - start:.0f} s)\n\n"
-                                     f"{completed.stdout.strip()}\n")
+                                     f"{without_trainer_logs(completed.stdout).strip()}\n")
         reports.append(report_path.read_text())
     return "\n".join(reports)
+
+
+def without_trainer_logs(text: str) -> str:
+    """`text` without the `{'train_runtime': ...}` lines a `Trainer` with `disable_tqdm=True` prints."""
+    return "".join(line for line in text.splitlines(keepends=True) if not line.startswith("{'"))
 
 
 def _plot(rows: dict[str, dict], path: Path, tier: str) -> None:

@@ -47,9 +47,10 @@ def test_real_tier_data_is_ten_authors_with_a_holdout(tmp_path):
 
 
 def test_sections_keep_their_reports_and_unknown_names_fail_first(tmp_path, monkeypatch):
-    monkeypatch.setitem(run.SECTIONS, "embedded", {"echo": ("Echo", ["-c", "print('| a | 1 |')"], {"X": "1"})})
+    printing = "print(\"{'train_loss': 0.5}\"); print('| a | 1 |')"  # a Trainer log line, then the report
+    monkeypatch.setitem(run.SECTIONS, "embedded", {"echo": ("Echo", ["-c", printing], {"X": "1"})})
     report = run.run_sections("embedded", ["echo"], tmp_path)
-    assert report.startswith("## Echo\n\n`X=1 python -c") and report.rstrip().endswith("| a | 1 |")
+    assert report.startswith("## Echo\n\n`X=1 python -c") and report.rstrip().endswith(")\n\n| a | 1 |")
     # the kept report is reused: a command that would now fail is not run again
     monkeypatch.setitem(run.SECTIONS, "embedded", {"echo": ("Echo", ["-c", "raise SystemExit(3)"], {})})
     assert run.run_sections("embedded", ["echo"], tmp_path) == report

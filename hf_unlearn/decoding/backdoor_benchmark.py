@@ -567,7 +567,7 @@ def main(argv=None) -> list[dict]:
     config = BackdoorBenchmarkConfig(task=args.task, attacks=tuple(args.attacks), base_model=args.base_model,
                                      **overrides)
     benchmark = build_backdoor_benchmark(config, args.data_dir)
-    print(json.dumps(benchmark.report, indent=2))
+    print(json.dumps(benchmark.report, indent=2), file=sys.stderr)
     eval_config = BackdoorEvalConfig(num_trigger=args.num_trigger_eval, num_clean=args.num_clean_eval,
                                      max_new_tokens=args.max_new_tokens)
     cleangen_config = CleanGenConfig(proposal_length=args.proposal_length,
@@ -575,9 +575,9 @@ def main(argv=None) -> list[dict]:
     results = [evaluate_attack(benchmark, a, args.data_dir, cleangen_config, eval_config) for a in config.attacks]
     for r in results:
         for example in r["examples"]:
-            print(json.dumps({"attack": r["attack"], **example}))
-    print(f"\nTask {config.task}, base {config.base_model}, {results[0]['num_trigger']} triggered / "
-          f"{results[0]['num_clean']} clean test prompts, attack phrase per row below:")
+            print(json.dumps({"attack": r["attack"], **example}), file=sys.stderr)
+    print(f"Task {config.task}, base {config.base_model}, {results[0]['num_trigger']} triggered / "
+          f"{results[0]['num_clean']} clean test prompts (the build report and example answers are on stderr):")
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
