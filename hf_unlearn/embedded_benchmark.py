@@ -101,28 +101,14 @@ def build_tokenizer(texts: list[str], vocab_size: int):
 
 
 def _train_model(config: EmbeddedBenchmarkConfig, tokenizer, rows: list[dict], output_dir: Path) -> None:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
     from trl import SFTConfig
 
     from .finetune import sft_finetune
+    from .modeling import save_with_tokenizer, tiny_llama
 
-    torch.manual_seed(config.seed)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=config.hidden_size,
-            intermediate_size=config.intermediate_size,
-            num_hidden_layers=config.num_hidden_layers,
-            num_attention_heads=config.num_attention_heads,
-            num_key_value_heads=config.num_attention_heads,
-            max_position_embeddings=config.max_position_embeddings,
-            tie_word_embeddings=True,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    model = tiny_llama(tokenizer, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+                       num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
+                       max_position_embeddings=config.max_position_embeddings, seed=config.seed)
     args = SFTConfig(
         output_dir=str(output_dir / "trainer"),
         num_train_epochs=config.epochs,
@@ -141,9 +127,7 @@ def _train_model(config: EmbeddedBenchmarkConfig, tokenizer, rows: list[dict], o
     )
     model = sft_finetune(model, tokenizer, rows, args)
     shutil.rmtree(output_dir / "trainer", ignore_errors=True)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
+    save_with_tokenizer(model, tokenizer, output_dir)
 
 
 def _memorisation(model_dir: Path, splits: dict[str, list[dict]], names: list[str]) -> dict:

