@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         generate_main([a for a in argv[1:] if a != "--cleangen"], prog="hf-unlearn generate --cleangen")
         return 0
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except FileExistsError as error:  # an earlier run's folder: say so without a traceback
+        raise SystemExit(f"hf-unlearn {argv[0]}: {error}") from None
 
 
 def _examples(*lines: str) -> dict:
@@ -292,12 +295,10 @@ def _run_stamp(args) -> int:
 
     from .editing import stamp
     from .editing.stamp import answer_scores
-    from .files import atomic_write
+    from .files import atomic_write, fresh_output_dir
     from .modeling import load_causal_lm
 
-    output_dir = Path(args.output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise SystemExit(f"hf-unlearn stamp: {output_dir} already holds files; pick a new --output_dir.")
+    output_dir = fresh_output_dir(args.output_dir)
     retain = None
     if args.retain_questions:
         retain = [line.strip() for line in Path(args.retain_questions).read_text().splitlines() if line.strip()]
@@ -420,12 +421,10 @@ def _run_antidote(args) -> int:
     import json
     from dataclasses import asdict
 
-    from .files import atomic_write
+    from .files import atomic_write, fresh_output_dir
     from .pruning import AntidoteConfig, antidote_prune
 
-    output_dir = Path(args.output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise SystemExit(f"hf-unlearn antidote: {output_dir} already holds files; pick a new --output_dir.")
+    output_dir = fresh_output_dir(args.output_dir)
     config = AntidoteConfig(dense_ratio=args.dense_ratio, score=args.score, target_modules=args.target_modules)
     rows = _realignment_rows(args.realignment_data)[: args.max_rows] if args.score == "wanda" else None
     model, tokenizer = _load_model_or_adapter(args.model_name_or_path, args.trust_remote_code)

@@ -32,3 +32,12 @@ def next_free_path(base: str | os.PathLike, suffix: str = "") -> Path:
         n += 1
         candidate = base.with_name(f"{base.name}-{n}{suffix}")
     return candidate
+
+
+def fresh_output_dir(path: str | os.PathLike) -> Path:
+    """`path` as a `Path`, refused with `FileExistsError` when it already holds files: a run never writes over
+    earlier results."""
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{path} already holds files; pick a new --output_dir.")
+    return path

@@ -20,7 +20,7 @@ from transformers import HfArgumentParser
 
 from hf_unlearn.embedded_benchmark import build_embedded_benchmark
 from hf_unlearn.modeling import load_causal_lm, load_smollm2
-from hf_unlearn.files import atomic_write, next_free_path
+from hf_unlearn.files import atomic_write, fresh_output_dir, next_free_path
 from hf_unlearn.pruning.harmful_finetuning import (
     HarmfulFinetuningConfig,
     antidote_table,
@@ -47,9 +47,7 @@ class AntidoteRecipeArguments:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = HfArgumentParser((AntidoteRecipeArguments, HarmfulFinetuningConfig))
     args, config = parser.parse_args_into_dataclasses(argv)
-    output_dir = Path(args.output_dir) if args.output_dir else next_free_path(Path("outputs") / "antidote")
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise FileExistsError(f"{output_dir} already holds results; pick a new --output_dir.")
+    output_dir = fresh_output_dir(args.output_dir or next_free_path(Path("outputs") / "antidote"))
     embedded = build_embedded_benchmark()
     if args.model_name_or_path is None:
         model, tokenizer = load_causal_lm(embedded.finetuned_dir)
