@@ -68,16 +68,19 @@ def load_semeval_split(name_or_path: str | os.PathLike, split: str) -> list[dict
     if split not in SPLITS:
         raise ValueError(f"Unknown SemEval split {split!r}; choose one of {SPLITS}.")
     folder = _data_folder(name_or_path)
-    files = [p for sub in (folder, folder / "data") for p in [sub / f"{split}.parquet", *sorted(sub.glob(f"{split}-*.parquet"))]
-             if p.is_file()]
+    # every shard of the split, from the first of the folder and its data/ that has any
+    files = next((found for sub in (folder, folder / "data")
+                  if (found := [p for p in [sub / f"{split}.parquet", *sorted(sub.glob(f"{split}-*.parquet"))]
+                                if p.is_file()])), None)
     if not files:
         raise FileNotFoundError(f"No {split}.parquet (or {split}-*.parquet) in {folder} or {folder / 'data'}.")
     from datasets import Dataset
 
-    rows = Dataset.from_parquet([str(files[0])]).to_list()
+    rows = Dataset.from_parquet([str(f) for f in files]).to_list()
     missing = [c for c in COLUMNS if rows and c not in rows[0]]
     if not rows or missing:
-        raise ValueError(f"{files[0]} is not a SemEval-2025 Task 4 split: it needs rows with columns {list(COLUMNS)}.")
+        raise ValueError(f"{files[0].parent / split} is not a SemEval-2025 Task 4 split: it needs rows with columns "
+                         f"{list(COLUMNS)}.")
     return [{**r, "kind": item_kind(r["id"])} for r in rows]
 
 
