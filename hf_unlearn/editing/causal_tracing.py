@@ -308,7 +308,7 @@ class _Tracer:
                 self.clean_states[key] = _first(output).detach()
             return hook
 
-        keys = [(kind, layer) for kind in KINDS for layer in range(len(self.layers))]
+        keys = [(kind, layer) for kind in self.config.kinds for layer in range(len(self.layers))]
         with _hooks([(_module(self.layers, kind, layer), record((kind, layer))) for kind, layer in keys]):
             logits = self.model(input_ids=self.input_ids, attention_mask=self.attention_mask).logits
         return self._target_probs(logits, torch.arange(len(self.facts)))

@@ -652,8 +652,9 @@ def _layer_edit(
     targets = refusal_targets(forget.values, refusal.values, config.num_refusal_directions)
     forget_residuals = targets - forget.values  # V*_f - W K_f
     retain_keys = None if retain is None else retain.keys
-    all_keys = forget.keys if retain is None else torch.cat([forget.keys, retain.keys], dim=1)
-    ridge = config.ridge * float((all_keys**2).sum(dim=0).mean())
+    squared_norm = forget.keys.square().sum() + (0.0 if retain is None else retain.keys.square().sum())
+    num_columns = forget.keys.shape[1] + (0 if retain is None else retain.keys.shape[1])
+    ridge = config.ridge * float(squared_norm / num_columns)  # times the mean squared key norm
     weight = config.forget_weight
     if config.rank is None:
         lora_b, lora_a = ridge_edit(forget.keys * weight, forget_residuals * weight, retain_keys, ridge)
