@@ -231,7 +231,7 @@ def model_keys(name: str, layer: int, num_retain: int):
     """Down-projection keys at `layer` of a real model: the answer tokens of forget10 item 0 and every token of
     `num_retain` retain90 pairs of the embedded benchmark, and the forget values' distance to the refusal mean as
     residuals (what `stamp_edit` solves for)."""
-    from hf_unlearn.data import ensure_pad_token, load_tofu_split, tokenize_qa
+    from hf_unlearn.data import load_tofu_split, tokenize_qa
     from hf_unlearn.data.tofu import load_refusal_templates
     from hf_unlearn.editing.stamp import collect_activations, refusal_targets
     from hf_unlearn.embedded_benchmark import build_embedded_benchmark
@@ -245,7 +245,6 @@ def model_keys(name: str, layer: int, num_retain: int):
         from hf_unlearn.modeling import load_causal_lm
 
         model, tokenizer = load_causal_lm(str(benchmark.finetuned_dir))
-    ensure_pad_token(tokenizer)
     item = load_tofu_split(benchmark.data_dir, "forget10")[0]
     retain = random.Random(0).sample(load_tofu_split(benchmark.data_dir, "retain90").to_list(), num_retain)
 
