@@ -134,3 +134,16 @@ def test_evaluation_of_a_model_left_in_training_mode(embedded, tmp_path):
     result = evaluate_semeval(model, tokenizer, tmp_path, **settings)
     assert result["per_item"]["forget_generation"] == reference["per_item"]["forget_generation"]
     assert model.training  # left as it was
+
+
+def test_a_split_in_several_shards_is_read_whole(tmp_path):
+    from datasets import Dataset
+
+    (tmp_path / "data").mkdir()
+    shards = [[{"id": "a1qa0", "input": "Q?", "output": "A", "task": "Task1"}],
+              [{"id": "b2sc1", "input": "The", "output": "end", "task": "Task2"},
+               {"id": "b2qa2", "input": "Q2?", "output": "B", "task": "Task2"}]]
+    for index, rows in enumerate(shards):
+        Dataset.from_list(rows).to_parquet(str(tmp_path / "data" / f"forget_train-0000{index}-of-00002.parquet"))
+    rows = load_semeval_split(tmp_path, "forget_train")
+    assert [r["id"] for r in rows] == ["a1qa0", "b2sc1", "b2qa2"] and rows[1]["kind"] == "completion"
