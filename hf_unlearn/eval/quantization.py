@@ -555,23 +555,10 @@ def write_relapse_report(relapse: dict, output_dir: str | os.PathLike, title: st
     """Write `relapse.json`, `relapse.md` and `relapse.png` (or `relapse-N.*` when taken; never overwrites)."""
     import json
 
-    from .report import _publish
+    from .report import publish_report
 
     output_dir = Path(output_dir).expanduser()
     output_dir.mkdir(parents=True, exist_ok=True)
     json_text = json.dumps({"title": title, **relapse}, indent=2, allow_nan=True)
-    markdown = relapse_markdown(relapse, title)
-    figure = relapse_figure(relapse, title)
-    for number in range(1, 10_000):
-        stem = "relapse" if number == 1 else f"relapse-{number}"
-        paths = {"json": output_dir / f"{stem}.json", "markdown": output_dir / f"{stem}.md", "plot": output_dir / f"{stem}.png"}
-        if any(p.exists() for p in paths.values()):
-            continue
-        try:
-            _publish(paths["json"], lambda f: f.write(json_text.encode()))
-        except FileExistsError:
-            continue
-        _publish(paths["markdown"], lambda f: f.write(markdown.encode()))
-        _publish(paths["plot"], lambda f: figure.savefig(f, format="png", dpi=120, bbox_inches="tight"))
-        return paths
-    raise RuntimeError(f"{output_dir} holds 9999 relapse reports already; choose another output folder.")
+    return publish_report(output_dir, "relapse", json_text, relapse_markdown(relapse, title),
+                          relapse_figure(relapse, title))

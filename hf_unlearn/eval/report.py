@@ -72,11 +72,16 @@ def write_report(
         "results": results,
     }
     json_text = json.dumps(payload, indent=2, allow_nan=True)
-    markdown = render_markdown(results, title, settings or {})
-    figure = render_figure(results, title)
+    return publish_report(output_dir, REPORT_STEM, json_text, render_markdown(results, title, settings or {}),
+                          render_figure(results, title))
+
+
+def publish_report(output_dir: Path, stem: str, json_text: str, markdown: str, figure: Figure) -> dict[str, Path]:
+    """Write `<stem>.json`, `<stem>.md` and `<stem>.png` to `output_dir`, or `<stem>-N.*` with the first N whose
+    three names are all free: never overwrites, and two processes publishing at once get different names."""
     for number in range(1, 10_000):
-        stem = REPORT_STEM if number == 1 else f"{REPORT_STEM}-{number}"
-        paths = {kind: output_dir / f"{stem}.{ext}" for kind, ext in (("json", "json"), ("markdown", "md"), ("plot", "png"))}
+        name = stem if number == 1 else f"{stem}-{number}"
+        paths = {kind: output_dir / f"{name}.{ext}" for kind, ext in (("json", "json"), ("markdown", "md"), ("plot", "png"))}
         if any(p.exists() for p in paths.values()):
             continue
         try:
@@ -86,7 +91,7 @@ def write_report(
         _publish(paths["markdown"], lambda f: f.write(markdown.encode()))
         _publish(paths["plot"], lambda f: figure.savefig(f, format="png", dpi=120, bbox_inches="tight"))
         return paths
-    raise RuntimeError(f"{output_dir} holds 9999 reports already; choose another output folder.")
+    raise RuntimeError(f"{output_dir} holds 9999 {stem} reports already; choose another output folder.")
 
 
 def _publish(path: Path, write) -> None:
