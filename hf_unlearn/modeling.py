@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from contextlib import contextmanager
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -105,3 +106,15 @@ def save_with_tokenizer(model, tokenizer, output_dir) -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
+
+
+@contextmanager
+def eval_mode(model):
+    """`model.eval()` inside the block (no dropout; `generate()` keeps its cache under gradient checkpointing), then
+    the mode the model was in, also when the block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -33,6 +33,7 @@ import torch
 from matplotlib.figure import Figure
 
 from ..data.formatting import format_prompt, uses_chat_template
+from ..modeling import eval_mode
 
 KINDS = ("hidden", "mlp", "attention")
 TOKENS = ("subject", "last_subject", "prediction")
@@ -243,9 +244,7 @@ def causal_trace(model, tokenizer, facts: Sequence[Fact], config: CausalTraceCon
     layers = decoder_layers(model)
     num_layers = len(layers)
     window = config.window or max(1, num_layers // 5)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         tracer = _Tracer(model, tokenizer, [_tokenize_fact(tokenizer, f) for f in facts], layers, config)
         clean = tracer.clean_probs
         corrupted = tracer.probs([], config.token)
@@ -257,8 +256,6 @@ def causal_trace(model, tokenizer, facts: Sequence[Fact], config: CausalTraceCon
         ]
         for index, probs in enumerate(tracer.probs_many(plans, config.token)):
             restored[index // len(config.kinds), index % len(config.kinds)] = probs
-    finally:
-        model.train(was_training)
     effects = (restored - corrupted).mean(-1)
     mlp_column = config.kinds.index("mlp") if "mlp" in config.kinds else 0
     return CausalTraceResult(
@@ -374,14 +371,10 @@ def restored_probability(
     """Per-fact clean, corrupted and restored p for one restoration `plan` (a list of (kind, layer)) at the
     `config.token` positions. For checks and ablations."""
     config = config or CausalTraceConfig()
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         tracer = _Tracer(model, tokenizer, [_tokenize_fact(tokenizer, f) for f in facts], decoder_layers(model), config)
         return {"clean": tracer.clean_probs, "corrupted": tracer.probs([], config.token),
                 "restored": tracer.probs(plan, config.token)}
-    finally:
-        model.train(was_training)
 
 
 # ----- facts from QA rows ------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from torch import nn
 
 from ..data.formatting import IGNORE_INDEX, ensure_pad_token, pad_examples, tokenize_qa
 from ..data.tofu import load_refusal_templates
+from ..modeling import eval_mode
 
 DOWN_PROJ_PATTERN = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.down_proj$")
 
@@ -411,17 +412,15 @@ def collect_activations(
         name, module = projections[i]
         handles.append(module.register_forward_hook(read_projection(i)))
         handles.append(model.get_submodule(name.rsplit(".mlp.", 1)[0]).register_forward_hook(read_stream(i)))
-    was_training = model.training
-    model.eval()
     try:
-        for start in range(0, len(examples), batch_size):
-            batch = pad_examples(examples[start : start + batch_size], pad_token_id, padding_side="right")
-            mask = token_positions(batch, positions).to(device)
-            model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+        with eval_mode(model):
+            for start in range(0, len(examples), batch_size):
+                batch = pad_examples(examples[start : start + batch_size], pad_token_id, padding_side="right")
+                mask = token_positions(batch, positions).to(device)
+                model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     return {
         i: Activations(
             keys=torch.cat(read[i]["keys"]).T.contiguous(),

@@ -6,6 +6,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.formatting import encode_prompt, pad_examples
+from ..modeling import eval_mode
 
 
 def generate_answers(
@@ -40,9 +41,7 @@ def generate_from_ids(
     fine-tuning, generates noise) and is put back in the mode it was in."""
     continuations = []
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for start in tqdm(range(0, len(prompt_ids), batch_size), desc="generating", disable=not progress):
             prompts = [{"input_ids": list(ids), "attention_mask": [1] * len(ids)} for ids in prompt_ids[start : start + batch_size]]
             batch = pad_examples(prompts, tokenizer.pad_token_id, padding_side="left")
@@ -51,6 +50,4 @@ def generate_from_ids(
             kwargs.update(generate_kwargs)
             output = model.generate(**batch, **kwargs)
             continuations += tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    finally:
-        model.train(was_training)
     return continuations

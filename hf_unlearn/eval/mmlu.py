@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..data.formatting import ensure_pad_token, pad_examples
+from ..modeling import eval_mode
 
 MMLU_HUB_NAME = "cais/mmlu"
 LETTERS = ("A", "B", "C", "D")
@@ -130,10 +131,8 @@ def evaluate_mmlu(
         raise ValueError(f"No MMLU subjects found in {data}.")
     letters = torch.tensor(letter_token_ids(tokenizer))
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    per_subject, correct, total = {}, 0, 0
-    try:
+    with eval_mode(model):
+        per_subject, correct, total = {}, 0, 0
         for subject in subjects:
             shots = load_mmlu(data, subject, "dev")[:num_shots] if num_shots else []
             rows = load_mmlu(data, subject, "test")[:max_items]
@@ -151,8 +150,6 @@ def evaluate_mmlu(
             per_subject[subject] = choice_accuracy(choice_logits, [r["answer"] for r in rows])
             correct += round(per_subject[subject] * len(rows))
             total += len(rows)
-    finally:
-        model.train(was_training)
     return {
         "accuracy": correct / total,
         "per_subject": per_subject,

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.formatting import ensure_pad_token
+from ..modeling import eval_mode
 from .distributed import map_sharded, process_layout
 from .generation import generate_from_ids
 from .mia import ATTACKS, MIN_K_FRACTION, attack_scores, mia_aucs, privleak
@@ -124,9 +125,7 @@ def evaluate_muse(
     icl = {name: load_muse_split(data, "knowmem", f"{name}_qa_icl", required=False) for name in ("forget", "retain")}
     privleak_sets = {name: first(load_muse_split(data, "privleak", name)) for name in ("forget", "holdout")}
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         # VerbMem: continuations of the forget prompts against the true continuations cut to the same length.
         verbmem_prompts = [_prompt_ids(tokenizer, r["prompt"], max_length - verbmem_max_new_tokens) for r in verbmem]
         verbmem_outputs = _generate(model, tokenizer, verbmem_prompts, verbmem_max_new_tokens, batch_size, accelerator, progress, "VerbMem")
@@ -147,8 +146,6 @@ def evaluate_muse(
         texts = {name: [r["text"] for r in rows] for name, rows in privleak_sets.items()}
         all_texts = texts["forget"] + texts["holdout"]
         scores = score_texts(model, tokenizer, all_texts, batch_size, max_length, accelerator, progress, "PrivLeak scoring")
-    finally:
-        model.train(was_training)
     attack = [attack_scores(s["logprobs"], s["zscores"], text) for s, text in zip(scores, all_texts)]
     members, nonmembers = attack[: len(texts["forget"])], attack[len(texts["forget"]) :]
 

@@ -110,14 +110,11 @@ def evaluate_safety(
     `{"harmful": [...], "benign": [...]}`, when `return_answers`)."""
     from .generation import generate_answers
 
-    was_training = model.training
-    model.eval()
     harmful = generate_answers(model, tokenizer, list(harmful_prompts), max_new_tokens, batch_size)
     benign = []
     if benign_rows:
         questions = [r["question"] for r in benign_rows]
         benign = generate_answers(model, tokenizer, questions, benign_max_new_tokens, batch_size)
-    model.train(was_training)
     report = SafetyReport(
         harmful_score=harmful_score(harmful, keywords),
         refusal_rate=refusal_rate(harmful, keywords),

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.formatting import encode_prompt, ensure_pad_token
+from ..modeling import eval_mode
 from .generation import generate_from_ids
 from .mia import loss_score, mia_auc
 from .rouge import rouge_l_recall
@@ -196,13 +197,9 @@ def evaluate_semeval(
         raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}.")
     start = time.perf_counter()
     ensure_pad_token(tokenizer)
-    was_training = model.training
-    model.eval()  # in training mode with gradient checkpointing, generate() runs without its cache and emits noise
-    try:
+    with eval_mode(model):  # in training mode with gradient checkpointing, generate() runs without its cache and emits noise
         result, per_item = _evaluate(model, tokenizer, data, split, mia_data, prompt_format, max_new_tokens, max_length,
                                      batch_size, max_items_per_group, max_mia_items, progress, accelerator)
-    finally:
-        model.train(was_training)
     result["mmlu_accuracy"] = mmlu_accuracy
     result["final_score"] = (
         final_score(result["task_aggregate"], result["mia_score"], mmlu_accuracy)

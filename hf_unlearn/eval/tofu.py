@@ -32,6 +32,7 @@ from scipy.stats import ks_2samp
 
 from ..data.formatting import context_length, encode_prompt, ensure_pad_token
 from ..data.tofu import is_local_dataset, load_tofu_split
+from ..modeling import eval_mode
 from .distributed import map_sharded, process_layout
 from .generation import generate_answers
 from .mia import ATTACKS, MIN_K_FRACTION, attack_scores, mia_aucs, privleak
@@ -157,9 +158,7 @@ def evaluate_tofu(
         for name, items in rows.items()
     }
     holdout_plan = [pair(r["question"], r["answer"]) for r in holdout_rows]
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         scores = score_answers(
             model,
             tokenizer,
@@ -173,8 +172,6 @@ def evaluate_tofu(
         )
         questions = list(dict.fromkeys(r["question"] for items in rows.values() for r in items))
         answers = dict(zip(questions, generate_sharded(model, tokenizer, questions, max_new_tokens, batch_size, accelerator, progress)))
-    finally:
-        model.train(was_training)
     nll = [mean_nll(s["logprobs"]) for s in scores]
 
     result: dict = {"forget_quality": None, "model_utility": None}

@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.formatting import ensure_pad_token, pad_examples, tokenize_qa
+from ..modeling import eval_mode
 
 SCORES = ("wanda", "magnitude", "random")
 
@@ -294,23 +295,21 @@ def antidote_prune(
         if missing:
             raise ValueError(f"Re-alignment rows need 'question' and 'answer' columns; missing {sorted(missing)}.")
         ensure_pad_token(tokenizer)
-    was_training = model.training
-    model.eval()
     generator = torch.Generator().manual_seed(config.seed)
     pruned, total, num_tokens = {}, {}, 0
-    for group in _groups(modules, config.sequential and config.score == "wanda"):
-        if config.score == "wanda":
-            norms, num_tokens = collect_squared_input_norms(model, group, tokenizer, rows, config)
-        for name, module in group.items():
-            weight = module.weight
+    with eval_mode(model):
+        for group in _groups(modules, config.sequential and config.score == "wanda"):
             if config.score == "wanda":
-                scores = wanda_scores(weight, norms[name])
-            elif config.score == "magnitude":
-                scores = magnitude_scores(weight)
-            else:
-                scores = random_scores(weight, generator)
-            mask = top_fraction_mask(scores, config.dense_ratio).to(weight.device)
-            weight.masked_fill_(mask, 0.0)
-            pruned[name], total[name] = int(mask.sum()), weight.numel()
-    model.train(was_training)
+                norms, num_tokens = collect_squared_input_norms(model, group, tokenizer, rows, config)
+            for name, module in group.items():
+                weight = module.weight
+                if config.score == "wanda":
+                    scores = wanda_scores(weight, norms[name])
+                elif config.score == "magnitude":
+                    scores = magnitude_scores(weight)
+                else:
+                    scores = random_scores(weight, generator)
+                mask = top_fraction_mask(scores, config.dense_ratio).to(weight.device)
+                weight.masked_fill_(mask, 0.0)
+                pruned[name], total[name] = int(mask.sum()), weight.numel()
     return model, AntidoteSummary(config.score, config.dense_ratio, pruned, total, num_tokens)

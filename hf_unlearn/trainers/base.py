@@ -24,7 +24,7 @@ import numpy as np
 from ..data.formatting import ensure_pad_token, tokenize_qa
 from ..data.pairing import ForgetRetainDataset, UnlearnDataCollator
 from ..data.tofu import load_refusal_templates
-from ..modeling import load_causal_lm
+from ..modeling import eval_mode, load_causal_lm
 
 
 @dataclass
@@ -292,12 +292,8 @@ class UnlearnTrainer(Trainer):
         if self.args.eval_data is None:
             raise ValueError("Set `eval_data` in the config (a TOFU-schema folder or Hub name) to evaluate.")
         model = self.evaluation_model()
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             result = self.evaluation_result(model)
-        finally:
-            model.train(was_training)
         self.last_evaluation = result
         metrics = {
             f"{metric_key_prefix}_{k}": float(v)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data.formatting import pad_examples, tokenize_qa
+from ..modeling import eval_mode
 from .losses import nll
 
 # PEFT adds these below the module it adapts; saliency is per adapted module.
@@ -57,14 +58,14 @@ def module_saliency(model, batches) -> dict[str, float]:
     parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if not parameters:
         raise ValueError("SURE found no trainable parameters to rank.")
-    was_training = model.training
-    model.eval()  # no dropout: the saliency of the model as it is
     model.zero_grad(set_to_none=True)
     device = next(iter(parameters.values())).device
     try:
-        for batch in batches:
-            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-            nll(logits, batch["labels"].to(device)).backward()
+        with eval_mode(model):  # no dropout: the saliency of the model as it is
+            for batch in batches:
+                logits = model(input_ids=batch["input_ids"].to(device),
+                               attention_mask=batch["attention_mask"].to(device)).logits
+                nll(logits, batch["labels"].to(device)).backward()
         squared: dict[str, float] = {}
         for name, parameter in parameters.items():
             module = module_of(name)
@@ -72,7 +73,6 @@ def module_saliency(model, batches) -> dict[str, float]:
             squared[module] = squared.get(module, 0.0) + grad
     finally:
         model.zero_grad(set_to_none=True)
-        model.train(was_training)
     return {name: value**0.5 for name, value in squared.items()}
 
 
