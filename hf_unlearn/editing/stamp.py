@@ -19,6 +19,7 @@ moment by its mean (see `low_rank_ridge_edit`).
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import time
@@ -733,21 +734,13 @@ def answer_scores(model, tokenizer, rows, max_new_tokens: int = 48, batch_size: 
     TOFU evaluation."""
     from ..eval.generation import generate_answers
     from ..eval.rouge import rouge_l_recall
+    from ..eval.scoring import mean_nll, score_answers
 
     rows = _qa_rows(rows, "scored")
     ensure_pad_token(tokenizer)
-    device = next(model.parameters()).device
-    probabilities = []
-    for start in range(0, len(rows), batch_size):
-        examples = [tokenize_qa(tokenizer, r["question"], r["answer"]) for r in rows[start : start + batch_size]]
-        batch = pad_examples(examples, tokenizer.pad_token_id)
-        input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        labels = batch["labels"][:, 1:].to(device)
-        log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        token_log_probs = log_probs.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-        answer = labels != IGNORE_INDEX
-        probabilities += ((token_log_probs * answer).sum(1) / answer.sum(1)).exp().tolist()
-    answers = generate_answers(model, tokenizer, [r["question"] for r in rows], max_new_tokens, batch_size)
+    questions = [r["question"] for r in rows]
+    scores = score_answers(model, tokenizer, questions, [r["answer"] for r in rows], batch_size, max_length=512)
+    probabilities = [math.exp(-mean_nll(s["logprobs"])) for s in scores]
+    answers = generate_answers(model, tokenizer, questions, max_new_tokens, batch_size)
     recalls = rouge_l_recall(answers, [r["answer"] for r in rows])
     return {"probability": probabilities, "rouge_l_recall": recalls, "answer": answers}
