@@ -240,3 +240,18 @@ def test_pruned_adapter_saves_and_reloads(tokenizer, tmp_path):
     key = "base_model.model.model.layers.1.self_attn.k_proj.lora_A.default.weight"
     assert torch.equal(reloaded.state_dict()[key], model.state_dict()[key])
     assert (reloaded.state_dict()[key] == 0).sum() == 8 * 32  # 8 rows x half of 64 inputs
+
+
+def test_calibrating_the_first_layer_stops_the_forward_pass_there(tokenizer):
+    model = tiny_llama(tokenizer)
+    config = AntidoteConfig(progress=False)
+    modules = find_prunable_linears(model, config)
+    first_layer = {name: m for name, m in modules.items() if decoder_layer_index(name) == 0}
+    calls = []
+    handle = model.model.layers[1].register_forward_pre_hook(lambda *args: calls.append(1))
+    alone, tokens = collect_squared_input_norms(model, first_layer, tokenizer, ROWS, config)
+    assert not calls  # layer 1 never ran
+    everything, all_tokens = collect_squared_input_norms(model, modules, tokenizer, ROWS, config)
+    handle.remove()
+    assert calls and tokens == all_tokens
+    assert all(torch.equal(alone[name], everything[name]) for name in first_layer)

@@ -223,19 +223,27 @@ def _pad(examples: list[dict], tokenizer, device) -> dict:
     return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
 
 
+class _InputsCollected(Exception):
+    """Ends a calibration forward pass once every calibrated module has seen its input."""
+
+
 @torch.no_grad()
 def collect_squared_input_norms(
     model: nn.Module, modules: dict[str, nn.Linear], tokenizer, rows: Iterable[dict], config: AntidoteConfig
 ) -> tuple[dict[str, torch.Tensor], int]:
     """Summed squared input features of each of `modules` over every non-padding token of `rows` (question/answer
     pairs, formatted as in training), streamed in batches; returns them and the number of tokens. Only the sums
-    (one vector of `in_features` per module) outlive a batch."""
+    (one vector of `in_features` per module) outlive a batch. Each forward pass stops as soon as every module has
+    seen its input (calibrating layer l runs layers 0..l only)."""
     sums = {n: torch.zeros(m.in_features, dtype=torch.float32, device=m.weight.device) for n, m in modules.items()}
-    current = {}
+    current = {"seen": set()}
 
     def hook(name):
         def accumulate(module, args):
             sums[name] += squared_feature_norms(args[0], current["mask"].to(args[0].device))
+            current["seen"].add(name)
+            if len(current["seen"]) == len(modules):
+                raise _InputsCollected
 
         return accumulate
 
@@ -246,8 +254,11 @@ def collect_squared_input_norms(
         batches = calibration_batches(tokenizer, rows, config, device)
         total = math.ceil(len(rows) / config.batch_size) if hasattr(rows, "__len__") else None
         for batch in tqdm(batches, total=total, desc="Antidote calibration", disable=not config.progress, leave=False):
-            current["mask"] = batch["attention_mask"]
-            model(**batch)
+            current["mask"], current["seen"] = batch["attention_mask"], set()
+            try:
+                model(**batch, use_cache=False)
+            except _InputsCollected:
+                pass
             num_tokens += int(batch["attention_mask"].sum())
     finally:
         for handle in handles:
