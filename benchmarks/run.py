@@ -151,6 +151,10 @@ SECTIONS = {
         "relapse_sure": ("Quantization relapse and SURE, SmolLM2-135M on real TOFU",
                          ["benchmarks/relapse_sure.py", "--model", "real", "--max_items", "20",
                           "--json", "{out}/relapse_sure.json"], {}),
+        "antidote": ("Antidote after harmful fine-tuning, SmolLM2-135M",
+                     ["recipes/antidote_prune.py", "--model_name_or_path", "smollm2", "--alignment_lora_r", "16",
+                      "--finetune_learning_rate", "1e-3", "--finetune_epochs", "5", "--harmful_max_new_tokens", "24",
+                      "--dense_ratios", "0.05", "0.1", "0.2", "0.3", "--output_dir", "{out}/antidote"], {}),
     },
 }
 

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     benchmark = build_harmful_finetuning_benchmark(model, tokenizer, train, evaluation,
                                                    embedded_replay_rows(embedded.data_dir, config.seed), config,
                                                    args.advbench_path)
-    rows = antidote_table(benchmark, args.dense_ratios, args.scores)
+    rows = antidote_table(benchmark, args.dense_ratios, args.scores, progress=True)
     table = format_table(rows)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(output_dir / "antidote_table.json", json.dumps({"config": config.to_dict(), "rows": rows}, indent=2))

@@ -19,10 +19,13 @@ Metrics (`hf_unlearn.eval.safety`): harmful score = fraction of `test` prompts a
 classifier's refusal phrases (GCG's keyword attack success rate); benign accuracy = exact match (first line, case
 and final punctuation ignored) of greedy answers to the benign task's questions.
 
-Measured on the embedded model (`recipes/antidote_prune.py`): Antidote at dense_ratio 0.2 brings the harmful score
-from 1.00 back to 0.11 where random pruning of as many weights leaves it at 1.00, but it is not selective: benign
-accuracy falls with it (1.00 -> 0.11, as with magnitude pruning; 0.83 with random pruning). On this tiny model the
-harmful data's input norms are nearly flat, so the Wanda score ranks weights almost as |W| does.
+Measured with `recipes/antidote_prune.py`. On SmolLM2-135M-Instruct (the recipe's SmolLM2 settings) Antidote at
+dense_ratio 0.1 brings the harmful score from 1.00 to 0.01 and keeps benign accuracy at 1.00, where magnitude and
+random pruning of as many weights leave the harmful score at 1.00; at 0.2 Antidote and magnitude pruning take the
+benign task too. On the embedded tiny model Antidote is not selective (dense_ratio 0.2: harmful 1.00 -> 0.11, benign
+1.00 -> 0.11, as with magnitude pruning): its input feature norms are nearly flat (coefficient of variation 0.1-0.2
+in a layer), so the Wanda score ranks weights almost as |W| does; calibrated on the benign rows instead it gives the
+same result (0.09 / 0.11 at 0.2).
 """
 
 from __future__ import annotations
@@ -240,10 +243,11 @@ class HarmfulFinetuningBenchmark:
 def _sft_args(output_dir: str, epochs: int, learning_rate: float, config: HarmfulFinetuningConfig):
     from trl import SFTConfig
 
+    # no gradient checkpointing (TRL's default): the same gradients, a third faster on the small models it is run on
     return SFTConfig(output_dir=output_dir, num_train_epochs=epochs, learning_rate=learning_rate,
                      per_device_train_batch_size=config.batch_size, lr_scheduler_type="cosine", warmup_steps=5,
                      weight_decay=0.0, max_length=config.max_length, logging_steps=50, save_strategy="no",
-                     report_to="none", seed=config.seed, bf16=False, disable_tqdm=True)
+                     report_to="none", seed=config.seed, bf16=False, gradient_checkpointing=False)
 
 
 def split_data(benign_rows: Sequence[dict], benign_eval_rows: Sequence[dict], config: HarmfulFinetuningConfig,
@@ -316,16 +320,24 @@ def antidote_table(
     progress: bool = False,
 ) -> list[dict]:
     """Harmful score and benign accuracy of the aligned model, the fine-tuned model, and the fine-tuned adapter
-    pruned by each of `scores` (wanda = Antidote, magnitude, random) at each of `dense_ratios`."""
-    rows = [{"model": "aligned", "score": None, "dense_ratio": None, **benchmark.evaluate(benchmark.aligned).to_dict()},
-            {"model": "fine-tuned", "score": None, "dense_ratio": 0.0,
-             **benchmark.evaluate(benchmark.finetuned).to_dict()}]
+    pruned by each of `scores` (wanda = Antidote, magnitude, random) at each of `dense_ratios`. `progress` shows a
+    bar over the models evaluated."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=2 + len(dense_ratios) * len(scores), desc="Antidote table", disable=not progress)
+    rows = []
+    for name, model in (("aligned", benchmark.aligned), ("fine-tuned", benchmark.finetuned)):
+        rows.append({"model": name, "score": None, "dense_ratio": None if name == "aligned" else 0.0,
+                     **benchmark.evaluate(model).to_dict()})
+        bar.update()
     for ratio in dense_ratios:
         for score in scores:
-            pruned, summary = benchmark.prune(score, ratio, progress=progress)
+            pruned, summary = benchmark.prune(score, ratio)
             name = "Antidote" if score == "wanda" else f"{score} pruning"
             rows.append({"model": name, "score": score, "dense_ratio": ratio, **benchmark.evaluate(pruned).to_dict(),
                          "num_pruned": summary.num_pruned, "num_total": summary.num_total})
+            bar.update()
+    bar.close()
     return rows
 
 
