@@ -251,7 +251,11 @@ def _distributed_state():
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    from .eval.distributed import destroy_process_group_at_exit
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    destroy_process_group_at_exit()
+    return state
 
 
 def _device(state):

@@ -13,6 +13,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 
 from .data.tofu import load_tofu_split, retain_split_for
+from .eval.distributed import destroy_process_group_at_exit
 from .files import atomic_write, next_free_path
 
 
@@ -71,6 +72,7 @@ def default_output_dir(name: str, config) -> str:
 def distributed_state(config) -> PartialState:
     """The process layout, set up by the training config first (so a CPU-only multi-process launch uses gloo)."""
     config.device  # noqa: B018 - initialises the distributed state the way the Trainer will use it
+    destroy_process_group_at_exit()
     return PartialState()
 
 

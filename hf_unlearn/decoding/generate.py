@@ -10,6 +10,7 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from transformers import HfArgumentParser
 
+from ..eval.distributed import destroy_process_group_at_exit
 from ..files import atomic_write, next_free_path
 from ..modeling import load_causal_lm
 from .backdoor_benchmark import (
@@ -62,6 +63,7 @@ def generate_main(argv: list[str] | None = None, prog: str | None = None) -> lis
     if output_file.exists():
         raise FileExistsError(f"{output_file} exists; pick a new --output_file (earlier results are kept).")
     state = PartialState()
+    destroy_process_group_at_exit()
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     attacker_text = None
     if args.target_name_or_path is None:

@@ -9,6 +9,8 @@ same number of forward passes (a rank with no batch left repeats one and drops t
 
 from __future__ import annotations
 
+import atexit
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -26,6 +28,21 @@ def process_layout(accelerator=None) -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+@functools.cache
+def destroy_process_group_at_exit() -> None:
+    """Destroy the default process group when Python exits, while the interpreter is still whole (registered once).
+
+    A gloo process that exits with its group alive can abort in interpreter teardown ("terminate called without an
+    active exception", SIGABRT) after finishing its work: 7 of 20 two-process launches did on a CPU machine, 0 of 20
+    with the group destroyed. Entry points that set up the distributed state call this."""
+    atexit.register(_destroy_process_group)
+
+
+def _destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def gather_objects(local: list, num_processes: int) -> list:

@@ -31,6 +31,7 @@ def main(out_dir: Path, reference: str, muse_folder: str) -> None:
     report = {"process_index": state.process_index, "num_processes": state.num_processes,
               "backend": state.backend, "tofu": tofu, "muse": muse}
     (out_dir / f"rank{state.process_index}.json").write_text(json.dumps(report))
+    state.destroy_process_group()  # a gloo process exiting with its group alive can abort in interpreter teardown
 
 
 if __name__ == "__main__":
