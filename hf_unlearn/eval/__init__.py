@@ -3,7 +3,7 @@
 from .generation import generate_answers, generate_from_ids
 from .mmlu import evaluate_mmlu, load_mmlu
 from .semeval import evaluate_semeval, load_semeval_mia, load_semeval_split, mia_score, task_aggregate
-from .mia import mia_auc, min_k_mean, privleak, zlib_length
+from .mia import mia_auc, min_k_mean, privleak
 from .muse import evaluate_muse, load_muse_split
 from .report import read_evaluation, write_report
 from .rouge import rouge_l, rouge_l_f1, rouge_l_recall
