@@ -89,15 +89,15 @@ def main():
     original.eval()
     eval_kwargs = {"forget_split": forget_split, "max_items": args.max_items, "max_new_tokens": args.max_new_tokens}
     runs = {"grad_diff": (args.lr, None), "sure_grad_diff": (args.sure_lr, args.sure_percentile)}
-    results, original_full = {}, None
+    results, original_evaluations = {}, None
     for label, (learning_rate, percentile) in runs.items():
         start = time.perf_counter()
         model, saliency = unlearn(copy.deepcopy(original), tokenizer, forget, retain, learning_rate, args.steps, percentile,
                                   retain_loss=args.retain_loss)
         model.eval()
         relapse = evaluate_relapse(model, tokenizer, data, precisions=args.precisions, original=original, label=label,
-                                   original_full_precision=original_full, **eval_kwargs)
-        original_full = original_full or relapse["evaluations"]["original"]["full"]
+                                   original_evaluations=original_evaluations, **eval_kwargs)
+        original_evaluations = relapse["evaluations"]["original"]
         if saliency is not None:
             relapse["sure"] = {"selected": saliency.selected, "trained_fraction": saliency.trained_fraction,
                                "threshold": saliency.threshold}

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from hf_unlearn.eval import quantization
 from hf_unlearn.eval.quantization import (
     NF4_CODE,
     changed_weights,
@@ -179,6 +180,30 @@ def test_relapse_evaluator_reports_every_precision_and_writes_the_report(finetun
     assert "| unlearned | rtn2g64 |" in markdown and "| original | fake-nf4 |" in markdown
     assert paths["plot"].stat().st_size > 0
     assert write_relapse_report(relapse, tmp_path)["json"].name == "relapse-2.json"  # never overwrites
+
+
+def test_the_original_is_evaluated_once_for_several_unlearned_models(finetuned, embedded, monkeypatch):
+    model, tokenizer = finetuned
+    settings = {"precisions": ["fake-nf4"], "original": model, "max_items": 4, "max_new_tokens": 8}
+    first = evaluate_relapse(copy.deepcopy(model), tokenizer, embedded.data_dir, label="first", **settings)
+    quantized_models = []
+    load_quantized = quantization.load_quantized
+
+    def recording_load_quantized(candidate, *args, **kwargs):
+        quantized_models.append(candidate)
+        return load_quantized(candidate, *args, **kwargs)
+
+    monkeypatch.setattr(quantization, "load_quantized", recording_load_quantized)
+    second_model = copy.deepcopy(model)
+    second = evaluate_relapse(second_model, tokenizer, embedded.data_dir, label="second",
+                              original_evaluations=first["evaluations"]["original"], **settings)
+    assert len(quantized_models) == 1 and quantized_models[0] is second_model  # only the new model was quantized
+    assert second["evaluations"]["original"] == first["evaluations"]["original"]
+    def timeless(by_precision):
+        return {precision: {k: v for k, v in numbers.items() if k != "eval_time_s"} for precision, numbers in by_precision.items()}
+
+    assert timeless(second["evaluations"]["second"]) == timeless(first["evaluations"]["first"])  # same weights, same numbers
+    assert second["recovered"] == first["recovered"]
 
 
 # ----- errors -----------------------------------------------------------------------------------------------------

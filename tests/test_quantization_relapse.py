@@ -42,8 +42,8 @@ def relapses(finetuned, embedded, tmp_path_factory):
     plain, _ = _unlearn(model, tokenizer, embedded, tmp_path_factory.mktemp("gd"), 1e-4)
     grad_diff = evaluate_relapse(plain, tokenizer, embedded.data_dir, label="grad_diff", **kwargs)
     sure_model, saliency = _unlearn(model, tokenizer, embedded, tmp_path_factory.mktemp("sure"), 2e-4, sure_percentile=90)
-    original_full = grad_diff["evaluations"]["original"]["full"]
-    sure = evaluate_relapse(sure_model, tokenizer, embedded.data_dir, label="sure", original_full_precision=original_full, **kwargs)
+    sure = evaluate_relapse(sure_model, tokenizer, embedded.data_dir, label="sure",
+                            original_evaluations=grad_diff["evaluations"]["original"], **kwargs)
     return grad_diff, sure, saliency
 
 

@@ -397,6 +397,7 @@ def evaluate_relapse(
     original_label: str = "original",
     full_precision: dict | None = None,
     original_full_precision: dict | None = None,
+    original_evaluations: dict[str, dict] | None = None,
     device: str | torch.device | None = None,
     **eval_kwargs,
 ) -> dict:
@@ -408,6 +409,9 @@ def evaluate_relapse(
         original: the model before unlearning (object or path): evaluated too, and compared weight by weight.
         label / original_label: the two models' names in the result.
         full_precision / original_full_precision: evaluations already computed at full precision (skips them).
+        original_evaluations: the original's evaluations from an earlier call with the same settings
+            (`result["evaluations"][original_label]`, {precision: numbers}): the precisions found there are not
+            evaluated again, so several unlearned models can be compared with one original at the cost of one.
         device: where quantized copies run (default: the model's device).
         eval_kwargs: passed to `evaluate_tofu` (`forget_split`, `reference`, `max_items`, `max_new_tokens`, ...).
 
@@ -433,21 +437,28 @@ def evaluate_relapse(
 
         check_not_quantized(original)
         original, _ = load_causal_lm(original)
-    models = {label: (model, full_precision)}
+    models = {label: (model, {FULL_PRECISION: headline(full_precision)} if full_precision is not None else {})}
     if original is not None:
         check_not_quantized(original)
-        models[original_label] = (original, original_full_precision)
+        known = dict(original_evaluations or {})
+        if original_full_precision is not None:
+            known[FULL_PRECISION] = headline(original_full_precision)
+        models[original_label] = (original, known)
     eval_kwargs.setdefault("progress", False)
 
     evaluations: dict[str, dict[str, dict]] = {}
-    for name, (candidate, precomputed) in models.items():
+    for name, (candidate, known) in models.items():
         target_device = device if device is not None else next(candidate.parameters()).device
         evaluations[name] = {}
-        full = precomputed
-        if full is None:
+        if FULL_PRECISION in known:
+            evaluations[name][FULL_PRECISION] = known[FULL_PRECISION]
+        else:
             full = evaluate_tofu(candidate.to(target_device), tokenizer, data, **eval_kwargs)
-        evaluations[name][FULL_PRECISION] = headline(full)
+            evaluations[name][FULL_PRECISION] = headline(full)
         for spec in specs:
+            if spec.name in known:
+                evaluations[name][spec.name] = known[spec.name]
+                continue
             quantized = load_quantized(candidate, spec, device=target_device)
             with _quiet_int8_casts():
                 result = evaluate_tofu(quantized, tokenizer, data, **eval_kwargs)
