@@ -389,7 +389,7 @@ def run_sections(tier: str, names: list[str], output_dir: Path, shown_dir: str |
 
 
 def without_trainer_logs(text: str) -> str:
-    """`text` without the `{'train_runtime': ...}` lines a `Trainer` with `disable_tqdm=True` prints."""
+    """`text` without the `{'loss': ...}` / `{'train_runtime': ...}` log lines a `Trainer` prints to stdout."""
     return "".join(line for line in text.splitlines(keepends=True) if not line.startswith("{'"))
 
 
