@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from hf_unlearn.data.formatting import encode_prompt, pad_examples
+from hf_unlearn.data.formatting import encode_prompt, left_padded_prompts
 from hf_unlearn.decoding import CleanGenConfig, CleanGenGenerator
 from hf_unlearn.decoding.backdoor_benchmark import (
     BackdoorBenchmarkConfig,
@@ -136,9 +136,7 @@ def main(argv=None):
     for batch_size in args.batch_sizes:
         batches = []
         for start in range(0, len(prompt_ids), batch_size):
-            examples = [{"input_ids": ids, "attention_mask": [1] * len(ids)}
-                        for ids in prompt_ids[start: start + batch_size]]
-            batch = pad_examples(examples, pad_id, padding_side="left")
+            batch = left_padded_prompts(prompt_ids[start: start + batch_size], pad_id)
             batches.append({k: v.to(args.device) for k, v in batch.items()})
         times = {name: [] for name in decoders}
         passes = {}

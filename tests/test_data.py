@@ -15,6 +15,7 @@ from hf_unlearn.data import (
     tokenize_qa,
 )
 from hf_unlearn.data.embedded import EmbeddedWorldConfig, generate_embedded_world, write_world
+from hf_unlearn.data.formatting import left_padded_prompts
 
 STANDARD_SPLITS = {
     "full": 4000, "forget01": 40, "forget05": 200, "forget10": 400, "retain99": 3960, "retain95": 3800,
@@ -99,6 +100,12 @@ def test_label_mask_covers_answer_tokens_only(embedded):
     assert tokenizer.decode(ids[:first], skip_special_tokens=True) == format_prompt(tokenizer, "Where was Ann born?")
     with pytest.raises(ValueError, match="does not fit in max_length"):
         tokenize_qa(tokenizer, "a very long question " * 30, "x", max_length=32)
+
+
+def test_prompts_are_left_padded_for_generation():
+    batch = left_padded_prompts([[5, 6, 7], [8]], pad_token_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]  # every row ends with its last real token
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
 def test_chat_template_formatting_and_pad_token(embedded):

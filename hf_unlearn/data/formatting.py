@@ -93,6 +93,11 @@ def tokenize_pairs(tokenizer, questions, answers, max_length: int = 512) -> list
     return [tokenize_qa(tokenizer, q, a, max_length) for q, a in zip(questions, answers)]
 
 
+def left_padded_prompts(prompt_ids: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Token-id prompts as one left-padded batch (`input_ids`, `attention_mask`), ready for batched generation."""
+    return pad_examples([{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in prompt_ids], pad_token_id, "left")
+
+
 def pad_examples(examples: list[dict], pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
     """Pad tokenized examples into a batch: `input_ids` with the pad id, `attention_mask` with 0, `labels` with -100."""
     width = max(len(e["input_ids"]) for e in examples)

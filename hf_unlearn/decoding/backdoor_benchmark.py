@@ -396,14 +396,12 @@ def cleangen_answers(generator, tokenizer, questions: list[str], max_new_tokens:
     """CleanGen answers to questions formatted as in training (left-padded batches); returns (answers, outputs)."""
     import torch
 
-    from ..data.formatting import encode_prompt, pad_examples
+    from ..data.formatting import encode_prompt, left_padded_prompts
 
     answers, outputs = [], []
     for start in range(0, len(questions), batch_size):
-        prompts = [{"input_ids": encode_prompt(tokenizer, q)} for q in questions[start: start + batch_size]]
-        for p in prompts:
-            p["attention_mask"] = [1] * len(p["input_ids"])
-        batch = pad_examples(prompts, tokenizer.pad_token_id, padding_side="left")
+        batch = left_padded_prompts([encode_prompt(tokenizer, q) for q in questions[start: start + batch_size]],
+                                    tokenizer.pad_token_id)
         with torch.no_grad():
             out = generator.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                      eos_token_id=tokenizer.eos_token_id, return_dict_in_generate=True)

@@ -25,7 +25,7 @@ from transformers import DynamicCache, LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 from transformers.generation.stopping_criteria import StopStringCriteria
 
-from ..data.formatting import ensure_pad_token
+from ..data.formatting import ensure_pad_token, left_padded_prompts
 
 
 @dataclass
@@ -278,13 +278,11 @@ class CleanGenGenerator:
                     )
                 ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
                 encoded.append(list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids))
-        width = max(len(ids) for ids in encoded)
-        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(ids)) + ids for ids in encoded])
-        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])
+        batch = left_padded_prompts(encoded, tokenizer.pad_token_id)
         want_dict = generate_kwargs.pop("return_dict_in_generate", False)
         generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
-        output = self.generate(input_ids, attention_mask, return_dict_in_generate=True, **generate_kwargs)
-        output.texts = tokenizer.batch_decode(output.sequences[:, width:], skip_special_tokens=True)
+        output = self.generate(**batch, return_dict_in_generate=True, **generate_kwargs)
+        output.texts = tokenizer.batch_decode(output.sequences[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         return output if want_dict else output.texts
 
     # ------------------------------------------------------------------ settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from ..data.formatting import encode_prompt, pad_examples
+from ..data.formatting import encode_prompt, left_padded_prompts
 from ..modeling import eval_mode
 
 
@@ -43,8 +43,7 @@ def generate_from_ids(
     device = next(model.parameters()).device
     with eval_mode(model):
         for start in tqdm(range(0, len(prompt_ids), batch_size), desc="generating", disable=not progress):
-            prompts = [{"input_ids": list(ids), "attention_mask": [1] * len(ids)} for ids in prompt_ids[start : start + batch_size]]
-            batch = pad_examples(prompts, tokenizer.pad_token_id, padding_side="left")
+            batch = left_padded_prompts(prompt_ids[start : start + batch_size], tokenizer.pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
             kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
             kwargs.update(generate_kwargs)

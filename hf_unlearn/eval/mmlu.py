@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.formatting import ensure_pad_token, pad_examples
+from ..data.formatting import ensure_pad_token, left_padded_prompts
 from ..modeling import eval_mode
 
 MMLU_HUB_NAME = "cais/mmlu"
@@ -140,8 +140,7 @@ def evaluate_mmlu(
                        for r in rows]
             logits = []
             for start in range(0, len(prompts), batch_size):
-                batch = pad_examples([{"input_ids": p, "attention_mask": [1] * len(p)} for p in prompts[start : start + batch_size]],
-                                     tokenizer.pad_token_id, padding_side="left")
+                batch = left_padded_prompts(prompts[start : start + batch_size], tokenizer.pad_token_id)
                 mask = batch["attention_mask"].to(device)
                 out = model(input_ids=batch["input_ids"].to(device), attention_mask=mask,
                             position_ids=(mask.cumsum(-1) - 1).clamp(min=0), logits_to_keep=1)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.formatting import IGNORE_INDEX, pad_examples, tokenize_qa
+from ..data.formatting import IGNORE_INDEX, left_padded_prompts, pad_examples, tokenize_qa
 from .distributed import map_sharded, run_sharded
 
 # Rows whose vocabulary statistics are computed at once (bounds memory to rows x positions x vocabulary floats).
@@ -148,7 +148,7 @@ def _prompt_batches(examples: list[dict], batch_size: int) -> list[list[_PromptG
 def _score_prompt_batch(model, groups: list[_PromptGroup], examples: list[dict], pad_token_id: int) -> list[tuple[int, dict]]:
     """Run each distinct prompt once, repeat its KV cache for each of its answers, then run the answers on top."""
     device = next(model.parameters()).device
-    prompts = pad_examples([{"input_ids": g.prompt, "attention_mask": [1] * len(g.prompt)} for g in groups], pad_token_id, "left")
+    prompts = left_padded_prompts([g.prompt for g in groups], pad_token_id)
     prompt_ids, prompt_mask = prompts["input_ids"].to(device), prompts["attention_mask"].to(device)
     kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0),
