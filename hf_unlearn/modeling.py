@@ -118,3 +118,12 @@ def eval_mode(model):
         yield model
     finally:
         model.train(was_training)
+
+
+def model_description(model, tokenizer) -> dict[str, str]:
+    """What an evaluation ran on, for its settings: the model's and tokenizer's names and the weights' dtype."""
+    return {
+        "model": str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__),
+        "tokenizer": str(getattr(tokenizer, "name_or_path", "")),
+        "dtype": str(next(model.parameters()).dtype),
+    }

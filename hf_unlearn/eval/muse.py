@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.formatting import ensure_pad_token
-from ..modeling import eval_mode
+from ..modeling import eval_mode, model_description
 from .distributed import map_sharded, process_layout
 from .generation import generate_from_ids
 from .mia import ATTACKS, MIN_K_FRACTION, attack_scores, mia_aucs, privleak
@@ -176,9 +176,7 @@ def evaluate_muse(
         "num_items": {"verbmem": len(verbmem), **{f"knowmem_{k}": len(v) for k, v in knowmem.items()},
                       **{f"privleak_{k}": len(v) for k, v in privleak_sets.items()}},
         "knowmem_icl_examples": {name: len(rows or []) for name, rows in icl.items()},
-        "model": str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__),
-        "tokenizer": str(getattr(tokenizer, "name_or_path", "")),
-        "dtype": str(next(model.parameters()).dtype),
+        **model_description(model, tokenizer),
         "batch_size": batch_size,
         "verbmem_max_new_tokens": verbmem_max_new_tokens,
         "knowmem_max_new_tokens": knowmem_max_new_tokens,

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.formatting import encode_prompt, ensure_pad_token
-from ..modeling import eval_mode
+from ..modeling import eval_mode, model_description
 from .generation import generate_from_ids
 from .mia import loss_score, mia_auc
 from .rouge import rouge_l_recall
@@ -218,7 +218,7 @@ def evaluate_semeval(
         "max_items_per_group": max_items_per_group,
         "max_mia_items": max_mia_items,
         "num_items": {name: len(per_item[f"{name}_id"]) for name in ("forget", "retain")},
-        "model": str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__),
+        **model_description(model, tokenizer),
     }
     return result
 

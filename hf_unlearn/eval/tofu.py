@@ -32,7 +32,7 @@ from scipy.stats import ks_2samp
 
 from ..data.formatting import context_length, encode_prompt, ensure_pad_token
 from ..data.tofu import is_local_dataset, load_tofu_split
-from ..modeling import eval_mode
+from ..modeling import eval_mode, model_description
 from .distributed import map_sharded, process_layout
 from .generation import generate_answers
 from .mia import ATTACKS, MIN_K_FRACTION, attack_scores, mia_aucs, privleak
@@ -223,9 +223,7 @@ def evaluate_tofu(
         "splits": splits,
         "holdout_split": holdout_split,
         "num_items": {name: len(items) for name, items in rows.items()} | {"holdout": len(holdout_rows)},
-        "model": str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__),
-        "tokenizer": str(getattr(tokenizer, "name_or_path", "")),
-        "dtype": str(next(model.parameters()).dtype),
+        **model_description(model, tokenizer),
         "batch_size": batch_size,
         "max_new_tokens": max_new_tokens,
         "max_length": max_length,
