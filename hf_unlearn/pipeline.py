@@ -104,14 +104,17 @@ def resolve_benchmark(run: UnlearnRunArguments) -> UnlearnRunArguments:
 
 
 def reference_evaluation(run: UnlearnRunArguments, config, accelerator=None) -> dict | None:
-    """The retain model's evaluation (for forget quality), read from `reference_eval` or computed once and saved
-    beside the retain model's output (`<output_dir>/reference_eval.json`)."""
+    """The retain model's evaluation (for forget quality), read from `reference_eval` (checked to be on the run's
+    forget split) or computed from the retain model."""
+    from .eval.tofu import check_same_forget_split, evaluate_tofu, load_reference
+    from .modeling import load_causal_lm
+
     if run.reference_eval is not None:
-        return json.loads(Path(run.reference_eval).read_text())
+        reference = load_reference(run.reference_eval)
+        check_same_forget_split(reference, run.forget_split)
+        return reference
     if run.retain_model_name_or_path is None:
         return None
-    from .eval.tofu import evaluate_tofu
-    from .modeling import load_causal_lm
 
     model, tokenizer = load_causal_lm(run.retain_model_name_or_path, trust_remote_code=run.trust_remote_code)
     model.to(config.device)
@@ -162,8 +165,8 @@ def run_unlearning(run: UnlearnRunArguments, config) -> dict:
     config.eval_holdout_split = config.eval_holdout_split or run.holdout_split
 
     state = distributed_state(config)
+    reference = reference_evaluation(run, config, state)  # a bad --reference_eval fails before the model loads
     model, tokenizer = load_causal_lm(run.model_name_or_path, trust_remote_code=run.trust_remote_code)
-    reference = reference_evaluation(run, config, state)
     results = {"retain": reference} if reference is not None else {}
     if reference is not None and state.is_main_process:
         os.makedirs(config.output_dir, exist_ok=True)
@@ -295,6 +298,9 @@ def unlearn_main(argv: list[str], method: str | None = None, prog: str | None = 
         summary = {label: {k: r.get(k) for k in keys} for label, r in result["results"].items()}
         print(f"\n{markdown_table(summary)}\n\nUnlearned model: {result['output_dir']}/model\n"
               f"Report: {result['report']['markdown']} (JSON and plot beside it)")
+        if run.reference_eval is None and "retain" in result["results"]:
+            print(f"Next run on this forget split: --reference_eval {result['output_dir']}/reference_eval.json "
+                  "skips evaluating the retain model again.")
     return result
 
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from hf_unlearn import modeling
+from hf_unlearn.pipeline import unlearn_main
+
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 
@@ -66,3 +69,23 @@ def test_tofu_flat_with_its_embedded_defaults_forgets_and_keeps_utility(embedded
     report = json.loads(Path(result["report"]["json"]).read_text())
     assert report["settings"]["training"]["learning_rate"] == 1e-4  # the embedded default, not the paper's 1e-5
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_a_saved_reference_evaluation_is_checked_before_any_model_loads(embedded, tmp_path, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the reference evaluation was checked")
+
+    monkeypatch.setattr(modeling, "load_causal_lm", no_model)
+    def saved_evaluation(split):
+        path = tmp_path / f"retain_eval_{split}.json"
+        path.write_text(json.dumps({"per_item": {"forget_truth_ratio": [0.5]}, "settings": {"splits": {"forget": split}}}))
+        return str(path)
+
+    flags = ["--output_dir", str(tmp_path / "run"), "--report_to", "none"]  # the embedded benchmark's forget10
+    with pytest.raises(ValueError, match="forget split 'forget01_perturbed', this one on 'forget10_perturbed'"):
+        unlearn_main([*flags, "--reference_eval", saved_evaluation("forget01_perturbed")], method="flat")
+    with pytest.raises(FileNotFoundError, match="No evaluation JSON"):
+        unlearn_main([*flags, "--reference_eval", str(tmp_path / "missing.json")], method="flat")
+    with pytest.raises(AssertionError, match="a model was loaded"):  # the right split passes on to the model
+        unlearn_main([*flags, "--reference_eval", saved_evaluation("forget10_perturbed")], method="flat")
+    assert not (tmp_path / "run").exists()

@@ -134,7 +134,7 @@ def evaluate_tofu(
     max_length = context_length(tokenizer, getattr(model, "config", None), max_length)
     forget_eval_split = forget_split if forget_split.endswith("_perturbed") else f"{forget_split}_perturbed"
     if reference_result is not None:
-        _check_same_forget_split(reference_result, forget_eval_split)
+        check_same_forget_split(reference_result, forget_eval_split)
     splits = {"forget": forget_eval_split, "retain": retain_split, **UTILITY_SETS}
     rows = {name: _first(load_tofu_split(data, split), max_items) for name, split in splits.items()}
     holdout_split = resolve_holdout_split(data, forget_split, holdout_split)
@@ -240,7 +240,7 @@ def evaluate_tofu(
 def compare_with_reference(result: dict, reference: dict, forget_eval_split: str | None = None) -> dict:
     """Forget quality and PrivLeak of `result` against the retain model's evaluation `reference`."""
     if forget_eval_split is not None:
-        _check_same_forget_split(reference, forget_eval_split)
+        check_same_forget_split(reference, forget_eval_split)
     ours, theirs = result["per_item"]["forget_truth_ratio"], reference["per_item"]["forget_truth_ratio"]
     if len(ours) != len(theirs):
         raise ValueError(
@@ -254,7 +254,9 @@ def compare_with_reference(result: dict, reference: dict, forget_eval_split: str
     return compared
 
 
-def _check_same_forget_split(reference: dict, forget_eval_split: str) -> None:
+def check_same_forget_split(reference: dict, forget_split: str) -> None:
+    """Refuse a reference evaluation made on another forget split (`forget10` and `forget10_perturbed` are one)."""
+    forget_eval_split = forget_split if forget_split.endswith("_perturbed") else f"{forget_split}_perturbed"
     ref_split = reference.get("settings", {}).get("splits", {}).get("forget")
     if ref_split is not None and ref_split != forget_eval_split:
         raise ValueError(
