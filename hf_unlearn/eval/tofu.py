@@ -132,7 +132,7 @@ def evaluate_tofu(
     ensure_pad_token(tokenizer)
     reference_result = load_reference(reference) if reference is not None else None
     max_length = context_length(tokenizer, getattr(model, "config", None), max_length)
-    forget_eval_split = forget_split if forget_split.endswith("_perturbed") else f"{forget_split}_perturbed"
+    forget_eval_split = perturbed_split(forget_split)
     if reference_result is not None:
         check_same_forget_split(reference_result, forget_eval_split)
     splits = {"forget": forget_eval_split, "retain": retain_split, **UTILITY_SETS}
@@ -254,9 +254,14 @@ def compare_with_reference(result: dict, reference: dict, forget_eval_split: str
     return compared
 
 
+def perturbed_split(forget_split: str) -> str:
+    """The split evaluated for `forget_split`: its `_perturbed` version, which holds the truth ratios' answers."""
+    return forget_split if forget_split.endswith("_perturbed") else f"{forget_split}_perturbed"
+
+
 def check_same_forget_split(reference: dict, forget_split: str) -> None:
     """Refuse a reference evaluation made on another forget split (`forget10` and `forget10_perturbed` are one)."""
-    forget_eval_split = forget_split if forget_split.endswith("_perturbed") else f"{forget_split}_perturbed"
+    forget_eval_split = perturbed_split(forget_split)
     ref_split = reference.get("settings", {}).get("splits", {}).get("forget")
     if ref_split is not None and ref_split != forget_eval_split:
         raise ValueError(
