@@ -307,7 +307,7 @@ def unlearn_main(argv: list[str], method: str | None = None, prog: str | None = 
 def relapse_check(run: UnlearnRunArguments, config, trainer, tokenizer, results: dict, reference, state) -> dict:
     """The quantization-relapse check of the unlearned model against the original (`run.model_name_or_path`) at
     `run.relapse_precisions`; adds the quantized evaluations to `results` as `<label> @ <precision>` columns."""
-    from .eval.quantization import evaluate_relapse, quantized_results
+    from .eval.quantization import FULL_PRECISION, evaluate_relapse, quantized_results
     from .modeling import load_causal_lm
 
     original, _ = load_causal_lm(run.model_name_or_path, trust_remote_code=run.trust_remote_code)
@@ -320,7 +320,7 @@ def relapse_check(run: UnlearnRunArguments, config, trainer, tokenizer, results:
         label=run.method,
         original_label="finetuned",
         full_precision=results[run.method],
-        original_full_precision=results["finetuned"],
+        original_evaluations={FULL_PRECISION: results["finetuned"]},
         reference=reference,
         **evaluation_settings(run, config, state),
     )

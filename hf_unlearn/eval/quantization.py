@@ -396,7 +396,6 @@ def evaluate_relapse(
     label: str = "unlearned",
     original_label: str = "original",
     full_precision: dict | None = None,
-    original_full_precision: dict | None = None,
     original_evaluations: dict[str, dict] | None = None,
     device: str | torch.device | None = None,
     **eval_kwargs,
@@ -408,10 +407,11 @@ def evaluate_relapse(
         precisions: names for `parse_precision` (default: `nf4` and `int8` with bitsandbytes).
         original: the model before unlearning (object or path): evaluated too, and compared weight by weight.
         label / original_label: the two models' names in the result.
-        full_precision / original_full_precision: evaluations already computed at full precision (skips them).
-        original_evaluations: the original's evaluations from an earlier call with the same settings
-            (`result["evaluations"][original_label]`, {precision: numbers}): the precisions found there are not
-            evaluated again, so several unlearned models can be compared with one original at the cost of one.
+        full_precision: `model`'s evaluation already computed at full precision (skips it).
+        original_evaluations: the original's evaluations already computed with the same settings, {precision:
+            `evaluate_tofu` result or its headline numbers}: e.g. `{"full": ...}`, or an earlier call's
+            `result["evaluations"][original_label]`. The precisions found there are not evaluated again, so several
+            unlearned models can be compared with one original at the cost of one.
         device: where quantized copies run (default: the model's device).
         eval_kwargs: passed to `evaluate_tofu` (`forget_split`, `reference`, `max_items`, `max_new_tokens`, ...).
 
@@ -440,9 +440,7 @@ def evaluate_relapse(
     models = {label: (model, {FULL_PRECISION: headline(full_precision)} if full_precision is not None else {})}
     if original is not None:
         check_not_quantized(original)
-        known = dict(original_evaluations or {})
-        if original_full_precision is not None:
-            known[FULL_PRECISION] = headline(original_full_precision)
+        known = {precision: headline(numbers) for precision, numbers in (original_evaluations or {}).items()}
         models[original_label] = (original, known)
     eval_kwargs.setdefault("progress", False)
 
