@@ -199,6 +199,7 @@ def test_the_original_is_evaluated_once_for_several_unlearned_models(finetuned, 
                               original_evaluations=first["evaluations"]["original"], **settings)
     assert len(quantized_models) == 1 and quantized_models[0] is second_model  # only the new model was quantized
     assert second["evaluations"]["original"] == first["evaluations"]["original"]
+
     def timeless(by_precision):
         return {precision: {k: v for k, v in numbers.items() if k != "eval_time_s"} for precision, numbers in by_precision.items()}
 

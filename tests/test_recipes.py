@@ -76,6 +76,7 @@ def test_a_saved_reference_evaluation_is_checked_before_any_model_loads(embedded
         raise AssertionError("a model was loaded before the reference evaluation was checked")
 
     monkeypatch.setattr(modeling, "load_causal_lm", no_model)
+
     def saved_evaluation(split):
         path = tmp_path / f"retain_eval_{split}.json"
         path.write_text(json.dumps({"per_item": {"forget_truth_ratio": [0.5]}, "settings": {"splits": {"forget": split}}}))

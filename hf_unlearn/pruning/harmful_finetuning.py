@@ -326,9 +326,8 @@ def antidote_table(
 
     bar = tqdm(total=2 + len(dense_ratios) * len(scores), desc="Antidote table", disable=not progress)
     rows = []
-    for name, model in (("aligned", benchmark.aligned), ("fine-tuned", benchmark.finetuned)):
-        rows.append({"model": name, "score": None, "dense_ratio": None if name == "aligned" else 0.0,
-                     **benchmark.evaluate(model).to_dict()})
+    for name, model, ratio in (("aligned", benchmark.aligned, None), ("fine-tuned", benchmark.finetuned, 0.0)):
+        rows.append({"model": name, "score": None, "dense_ratio": ratio, **benchmark.evaluate(model).to_dict()})
         bar.update()
     for ratio in dense_ratios:
         for score in scores:
