@@ -60,6 +60,7 @@ def test_embedded_facts_parse_the_canonical_phrasings(embedded, finetuned):
     assert all(f.subject in r["question"] and f.target.strip() in r["answer"] for f, r in zip(facts, rows))
 
 
+@pytest.mark.quality
 def test_trace_of_the_memorising_model(embedded, finetuned, tmp_path):
     model, tokenizer = finetuned
     rows = load_tofu_split(embedded.data_dir, "forget10").to_list()

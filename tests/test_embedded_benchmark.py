@@ -1,5 +1,7 @@
 import time
 
+import pytest
+
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_unlearn.data import load_tofu_split
@@ -18,6 +20,7 @@ def _rouge(model_dir, data_dir, split, limit=None):
     return sum(recalls) / len(recalls)
 
 
+@pytest.mark.quality
 def test_finetuned_memorises_and_retain_model_does_not_know_the_forget_split(embedded):
     finetuned_full = _rouge(embedded.finetuned_dir, embedded.data_dir, "full", limit=160)
     retain_on_forget = _rouge(embedded.retain_dir, embedded.data_dir, "forget10")

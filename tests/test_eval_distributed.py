@@ -40,6 +40,24 @@ def _comparable(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "eval_time_s"} | {"settings": settings}
 
 
+def assert_same_numbers(got, expected, path="result"):
+    """Equal structure and text, numbers equal to 1e-6 relative: each rank pads its share of a batch to other lengths
+    than one process does, and a matmul over another padded length sums in another order (on one build the two
+    differed by 2e-9 in model utility; generations and ROUGE were identical)."""
+    if isinstance(expected, float) and isinstance(got, (int, float)):
+        assert got == pytest.approx(expected, rel=1e-6, abs=1e-9), path
+    elif isinstance(expected, dict):
+        assert isinstance(got, dict) and got.keys() == expected.keys(), path
+        for key in expected:
+            assert_same_numbers(got[key], expected[key], f"{path}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(got, list) and len(got) == len(expected), path
+        for index, (g, e) in enumerate(zip(got, expected)):
+            assert_same_numbers(g, e, f"{path}[{index}]")
+    else:
+        assert got == expected, path
+
+
 @pytest.mark.slow
 def test_two_processes_give_the_one_process_numbers(embedded, finetuned, tmp_path):
     tofu_settings, muse_settings = _script_settings()
@@ -73,6 +91,6 @@ def test_two_processes_give_the_one_process_numbers(embedded, finetuned, tmp_pat
         if not torch.cuda.is_available():
             assert rank["backend"] == "gloo"
     for rank in ranks:
-        assert _comparable(rank["tofu"]) == _comparable(single_tofu)
-        assert _comparable(rank["muse"]) == _comparable(single_muse)
+        assert_same_numbers(_comparable(rank["tofu"]), _comparable(single_tofu))
+        assert_same_numbers(_comparable(rank["muse"]), _comparable(single_muse))
     assert single_tofu["forget_quality"] < 0.05 and single_tofu["mia_auc_loss"] > 0.9  # a meaningful comparison

@@ -62,10 +62,22 @@ def test_hub_parquet_layout_reads_the_same_rows(embedded, muse_folder, tmp_path)
         load_muse_split(tmp_path, "knowmem", "forget_qa_icl")
 
 
-def test_finetuned_model_memorised_the_forget_texts(muse_results):
+def test_finetuned_model_memorised_the_forget_texts(muse_results, embedded):
     finetuned, retain = muse_results["finetuned"], muse_results["retain"]
     assert finetuned["verbmem_f"] > 0.95 > 0.5 > retain["verbmem_f"]  # measured 1.0 vs 0.23
-    assert finetuned["knowmem_f"] > retain["knowmem_f"] + 0.15  # measured 0.21 vs 0.03
+    # KnowMem, MUSE's way: mean ROUGE-L F1 (rouge_score, no stemming) of the greedy answer against the true answer.
+    # (On the embedded model it does not separate finetuned from retain: MUSE's prompt ends in "Answer: ", a lone
+    # space token the model never saw before an answer; finetuned vs retain measured 0.21 vs 0.03 on one build, 0.20
+    # vs 0.29 on build seed 1. So this checks the value, not a direction.)
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    answers = {"forget": _muse_sets(embedded)[("knowmem", "forget_qa")], "retain": _muse_sets(embedded)[("knowmem", "retain_qa")]}
+    for result in (finetuned, retain):
+        for name, key in (("forget", "knowmem_f"), ("retain", "knowmem_r")):
+            generations = result["per_item"][f"knowmem_{name}_generation"]
+            f1 = [scorer.score(row["answer"], g)["rougeL"].fmeasure for row, g in zip(answers[name], generations)]
+            assert len(f1) == len(answers[name]) and result[key] == pytest.approx(sum(f1) / len(f1), abs=1e-12)
     assert finetuned["mia_auc_loss"] > 0.9 and finetuned["mia_auc_min_k"] > 0.75  # measured 0.97, 0.84
     assert abs(retain["mia_auc_min_k"] - 0.5) < 0.1  # measured 0.51
     assert finetuned["privleak"] > 0.5  # measured 0.63

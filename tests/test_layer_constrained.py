@@ -81,15 +81,19 @@ def fresh_model(embedded):
     return AutoModelForCausalLM.from_pretrained(embedded.finetuned_dir)
 
 
-def test_only_traced_layers_change_and_the_model_forgets(embedded, finetuned, data, tmp_path):
+@pytest.mark.quality
+def test_only_traced_layers_change_and_the_model_forgets(embedded, finetuned, data, tmp_path, train_seed):
     _, tokenizer = finetuned
     model = fresh_model(embedded)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     forget_rows, retain_rows = data["forget10"].to_list(), data["retain_perturbed"].to_list()
     forget_before, retain_before = mean_rouge(model, tokenizer, forget_rows), mean_rouge(model, tokenizer, retain_rows)
 
-    # no layers given: the trainer traces the forget set and trains the suggested layers' MLPs
-    args = config(tmp_path, num_train_epochs=6, trace_num_facts=16, trace_num_samples=3)
+    # no layers given: the trainer traces the forget set and trains the suggested layers' MLPs, until forgotten
+    # (lr 1e-3 for 6 epochs, the old setting, left forget ROUGE-L at 0.18-0.55 x and retain ROUGE-L at 0.60-0.93 x
+    # across builds and seeds: gradient ascent overshoots on some)
+    args = config(tmp_path, learning_rate=5e-4, num_train_epochs=20, stop_at_forget_prob=0.2, trace_num_facts=16,
+                  trace_num_samples=3, seed=train_seed)
     trainer = LayerConstrainedTrainer(model, args, forget_dataset=data["forget10"], retain_dataset=data["retain90"],
                                       processing_class=tokenizer)
     assert trainer.traced is not None and args.layers == trainer.traced.suggested_layers
@@ -104,6 +108,8 @@ def test_only_traced_layers_change_and_the_model_forgets(embedded, finetuned, da
     model.eval()
     forget_after, retain_after = mean_rouge(model, tokenizer, forget_rows), mean_rouge(model, tokenizer, retain_rows)
     assert forget_before > 0.95 and retain_before > 0.95
+    # measured on build seeds 0 and 1 x seeds 0-2: forget 0.23-0.55 x before, retain 0.90-0.95 x before
+    assert trainer.stopped_when_forgotten is not None and trainer.stopped_when_forgotten["forget_prob"] <= 0.2
     assert forget_after < 0.6 * forget_before  # forgotten
     assert retain_after > 0.85 * retain_before  # utility kept
     alphas = [log["alpha"] for log in trainer.state.log_history if "alpha" in log]

@@ -14,18 +14,18 @@ from hf_unlearn.data import load_tofu_split
 from hf_unlearn.eval.quantization import evaluate_relapse
 from hf_unlearn.trainers import GradDiffConfig, GradDiffTrainer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.quality]
 pytest.importorskip("bitsandbytes")
 
 
-def _unlearn(model, tokenizer, embedded, tmp_path, learning_rate, sure_percentile=None):
+def _unlearn(model, tokenizer, embedded, tmp_path, learning_rate, sure_percentile=None, seed=0):
     config_class, trainer_class = GradDiffConfig, GradDiffTrainer
     extra = {}
     if sure_percentile is not None:
         extra["sure_percentile"] = sure_percentile
     args = config_class(
         output_dir=str(tmp_path), report_to="none", per_device_train_batch_size=8, bf16=False, save_strategy="no",
-        logging_steps=1000, disable_tqdm=True, seed=0, use_cpu=True, learning_rate=learning_rate, max_steps=40,
+        logging_steps=1000, disable_tqdm=True, seed=seed, use_cpu=True, learning_rate=learning_rate, max_steps=40,
         lr_scheduler_type="constant", retain_loss_type="kl", **extra,
     )
     trainer = trainer_class(model=copy.deepcopy(model), args=args, processing_class=tokenizer,
@@ -37,11 +37,14 @@ def _unlearn(model, tokenizer, embedded, tmp_path, learning_rate, sure_percentil
 
 @pytest.fixture(scope="module")
 def relapses(finetuned, embedded, tmp_path_factory):
+    from conftest import TRAIN_SEED
+
     model, tokenizer = finetuned
     kwargs = {"precisions": ["nf4"], "original": model, "max_items": 24, "max_new_tokens": 32}
-    plain, _ = _unlearn(model, tokenizer, embedded, tmp_path_factory.mktemp("gd"), 1e-4)
+    plain, _ = _unlearn(model, tokenizer, embedded, tmp_path_factory.mktemp("gd"), 1e-4, seed=TRAIN_SEED)
     grad_diff = evaluate_relapse(plain, tokenizer, embedded.data_dir, label="grad_diff", **kwargs)
-    sure_model, saliency = _unlearn(model, tokenizer, embedded, tmp_path_factory.mktemp("sure"), 2e-4, sure_percentile=90)
+    sure_model, saliency = _unlearn(model, tokenizer, embedded, tmp_path_factory.mktemp("sure"), 2e-4, sure_percentile=90,
+                                    seed=TRAIN_SEED)
     sure = evaluate_relapse(sure_model, tokenizer, embedded.data_dir, label="sure",
                             original_evaluations=grad_diff["evaluations"]["original"], **kwargs)
     return grad_diff, sure, saliency

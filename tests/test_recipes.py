@@ -51,7 +51,8 @@ def test_each_rank_draws_its_own_retain_stream(embedded, tmp_path):
     assert len(ranks[0]) == 16 and ranks[0] != ranks[1]
 
 
-def test_tofu_flat_with_its_embedded_defaults_forgets_and_keeps_utility(embedded, tmp_path):
+@pytest.mark.quality
+def test_tofu_flat_with_its_embedded_defaults_forgets_and_keeps_utility(embedded, tmp_path, train_seed):
     """The README's main job, in process: `recipes/tofu_flat.py` with no flags but an output folder."""
     sys.path.insert(0, str(REPO / "recipes"))
     try:
@@ -59,15 +60,18 @@ def test_tofu_flat_with_its_embedded_defaults_forgets_and_keeps_utility(embedded
     finally:
         sys.path.remove(str(REPO / "recipes"))
     result = main(["--output_dir", str(tmp_path / "run"), "--report_to", "none", "--save_strategy", "no",
-                   "--disable_tqdm", "true"], method="flat")
+                   "--disable_tqdm", "true", "--seed", str(train_seed)], method="flat")
     before, after = result["results"]["finetuned"], result["results"]["flat"]
-    assert after["forget_rougeL_recall"] < 0.6 * before["forget_rougeL_recall"]  # measured 1.00 -> 0.46
-    assert after["forget_prob"] < 0.5 * before["forget_prob"]  # measured 1.00 -> 0.32
-    # forget-only loss on authors described with the same templates as the retained ones: utility falls somewhat
-    assert after["model_utility"] > before["model_utility"] - 0.15  # measured 0.772 -> 0.645
-    assert after["retain_rougeL_recall"] > 0.65  # measured 0.77 (1.00 before)
+    # Measured on build seeds 0 and 1 x seeds 0-2 (trained until the forget probability is at most 0.35):
+    assert after["forget_rougeL_recall"] < 0.6 * before["forget_rougeL_recall"]  # 1.00 -> 0.40-0.56
+    assert after["forget_prob"] < 0.5 * before["forget_prob"]  # 1.00 -> 0.32-0.35
+    # A forget-only loss on authors whose names share syllables and templates with the retained ones: utility falls
+    # (0.81-0.95 x; on build seed 1 every FLAT setting that forgot this far kept at most 0.85 x)
+    assert after["model_utility"] > 0.75 * before["model_utility"]
+    assert after["retain_rougeL_recall"] > 0.65  # 0.72-0.89 (1.00 before)
     report = json.loads(Path(result["report"]["json"]).read_text())
     assert report["settings"]["training"]["learning_rate"] == 1e-4  # the embedded default, not the paper's 1e-5
+    assert report["settings"]["stopped_when_forgotten"]["forget_prob"] <= 0.35
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
 
 

@@ -19,11 +19,13 @@ def recipe():
     return module
 
 
-def test_embedded_benchmark_run(embedded, tmp_path):
-    outcome = recipe().main(["--output_dir", str(tmp_path / "run"), "--disable_tqdm", "true"])
+@pytest.mark.quality
+def test_embedded_benchmark_run(embedded, tmp_path, train_seed):
+    outcome = recipe().main(["--output_dir", str(tmp_path / "run"), "--disable_tqdm", "true", "--seed", str(train_seed)])
     results = outcome["results"]
     assert set(results) == {"retain", "finetuned", "sha256"}
     finetuned, unlearned = results["finetuned"], results["sha256"]
+    # measured on build seeds 0 and 1 x seeds 0-2: forget ROUGE-L 0.22-0.48 x, utility 0.86-0.95 x finetuned
     assert unlearned["forget_rougeL_recall"] < 0.5 * finetuned["forget_rougeL_recall"]
     assert unlearned["model_utility"] > 0.8 * finetuned["model_utility"]
     assert unlearned["forget_quality"] > finetuned["forget_quality"]

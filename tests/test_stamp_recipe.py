@@ -22,19 +22,21 @@ def _recipe():
     return module
 
 
-def test_recipe_forgets_the_chosen_facts_and_writes_report_and_adapter(embedded, tmp_path):
+@pytest.mark.quality
+def test_recipe_forgets_the_chosen_facts_and_writes_report_and_adapter(embedded, tmp_path, train_seed):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "stamp"
     _recipe().main(["--output_dir", str(out), "--forget_items", "0", "9", "--eval_max_items", "16",
-                    "--delivery", "adapter"])
+                    "--delivery", "adapter", "--seed", str(train_seed)])
     report = json.loads((out / "report" / "evaluation.json").read_text())
     results = report["results"]
     assert set(results) == {"retain", "finetuned", "stamp"}
     before, after = results["finetuned"], results["stamp"]
     assert before["edited_rougeL_recall"] == 1.0  # the finetuned model knew both facts
-    # Greedy answers change completely; under teacher forcing later answer tokens keep some probability.
+    # With the recipe's embedded default (forget weight 10), on build seeds 0 and 1 x seeds 0-2: edited ROUGE-L 0.0,
+    # edited probability 0.001-0.007 x before, retain ROUGE-L 0.99-1.0 x before.
     assert after["edited_rougeL_recall"] < 0.3
     assert after["edited_prob"] < 0.2 * before["edited_prob"]
     assert after["retain_rougeL_recall"] >= 0.95 * before["retain_rougeL_recall"]

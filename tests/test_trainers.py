@@ -125,3 +125,41 @@ def test_bad_input_fails_before_training(embedded, tmp_path):
         _args(FLATConfig, tmp_path, divergence="hellinger")
     with pytest.raises(ValueError, match="retain_loss_type"):
         _args(GradDiffConfig, tmp_path, retain_loss_type="mse")
+    with pytest.raises(ValueError, match="stop_at_forget_prob must be in \\(0, 1\\)"):
+        _args(FLATConfig, tmp_path, stop_at_forget_prob=1.5)
+    with pytest.raises(ValueError, match="stop_check_steps must be at least 1"):
+        _args(FLATConfig, tmp_path, stop_at_forget_prob=0.3, stop_check_steps=0)
+
+
+def _answer_probability_by_hand(model, tokenizer, rows) -> float:
+    """Mean over rows of exp(-mean NLL of the answer tokens), one row at a time with a plain forward pass."""
+    from hf_unlearn.data import tokenize_qa
+
+    probabilities = []
+    with torch.no_grad():
+        for row in rows:
+            example = tokenize_qa(tokenizer, row["question"], row["answer"])
+            input_ids, labels = torch.tensor([example["input_ids"]]), torch.tensor(example["labels"])
+            log_probs = torch.log_softmax(model(input_ids=input_ids).logits[0, :-1].double(), dim=-1)
+            targets = labels[1:]
+            scored = log_probs[torch.arange(len(targets)), targets.clamp(min=0)][targets != -100]
+            probabilities.append(float(torch.exp(scored.mean())))
+    return sum(probabilities) / len(probabilities)
+
+
+def test_training_stops_once_the_forget_set_is_forgotten(embedded, tmp_path):
+    model, tokenizer = _load(embedded)
+    forget, _ = _splits(embedded)
+    before = _answer_probability_by_hand(model.eval(), tokenizer, forget.to_list())
+    args = _args(FLATConfig, tmp_path, learning_rate=3e-4, num_train_epochs=30, per_device_train_batch_size=4,
+                 stop_at_forget_prob=0.5, stop_check_steps=2, logging_steps=100)
+    trainer = FLATTrainer(model=model, args=args, forget_dataset=forget, processing_class=tokenizer)
+    trainer.train()
+    stopped = trainer.stopped_when_forgotten
+    assert before > 0.9 and stopped is not None and stopped["step"] % 2 == 0
+    assert trainer.state.global_step == stopped["step"] < trainer.state.max_steps  # ended early, at that check
+    checks = trainer.callback_handler.callbacks[-1].checks
+    assert [step for step, _ in checks] == list(range(2, stopped["step"] + 1, 2))
+    assert all(p > 0.5 for _, p in checks[:-1]) and checks[-1][1] == stopped["forget_prob"] <= 0.5
+    after = _answer_probability_by_hand(trainer.model.eval(), tokenizer, forget.to_list())
+    assert after == pytest.approx(stopped["forget_prob"], abs=1e-5)

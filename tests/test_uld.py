@@ -181,8 +181,9 @@ def test_with_weight_zero_it_generates_exactly_what_the_target_generates(finetun
     assert torch.equal(uld.generate(**batch, **kwargs), finetuned[0].generate(**batch, **kwargs))
 
 
-def test_the_assistant_changes_the_answers_and_scoring_with_shared_prompts_agrees(finetuned):
-    uld, tokenizer = _uld(finetuned, weight=1.0)
+@pytest.mark.quality
+def test_the_assistant_changes_the_answers_and_scoring_with_shared_prompts_agrees(finetuned, train_seed):
+    uld, tokenizer = _uld(finetuned, weight=1.0, seed=train_seed)
     rows = load_tofu_split_rows()
     answers = [r["answer"] for r in rows]
     questions = [r["question"] for r in rows]
@@ -192,7 +193,15 @@ def test_the_assistant_changes_the_answers_and_scoring_with_shared_prompts_agree
         assert a["logprobs"] == pytest.approx(b["logprobs"], abs=1e-4)
     target_scores = score_answers(finetuned[0], tokenizer, questions, answers)
     assert sum(sum(s["logprobs"]) for s in shared) < sum(sum(s["logprobs"]) for s in target_scores) - 1
-    assert generate_answers(uld, tokenizer, questions, 16) != generate_answers(finetuned[0], tokenizer, questions, 16)
+
+    # Generation applies the difference: an assistant that knows what the target knows (all its layers, LoRA still
+    # zero) at weight 2 turns the target's logits around on the candidate set (l_t - 2 l_t = -l_t), so every greedy
+    # answer changes. (A random assistant changed none of these memorised answers on build seed 0, 1 of 6 on seed 1:
+    # its offsets are smaller than the finetuned model's margins.)
+    target = finetuned[0]
+    mirror = ULDModel(target, build_assistant(target, target.config.num_hidden_layers).eval(), assistant_weight=2.0)
+    original = generate_answers(target, tokenizer, questions, 16)
+    assert all(a != b for a, b in zip(generate_answers(mirror.eval(), tokenizer, questions, 16), original))
 
 
 def load_tofu_split_rows():

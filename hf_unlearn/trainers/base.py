@@ -55,6 +55,14 @@ class UnlearnConfig(TrainingArguments):
         eval_max_items (`int`, *optional*):
             Evaluate only the first N items of every set (quick runs); all items when unset.
 
+    Parameters that control when training ends (any method; `hf_unlearn.trainers.stopping`):
+        stop_at_forget_prob (`float`, *optional*):
+            Train until forgotten: end training at the first check where the forget rows' mean answer probability
+            (exp(-mean token NLL), TOFU's `forget_prob`) is at or below this value; the epochs and steps are then
+            an upper bound. Off when unset.
+        stop_check_steps (`int`, defaults to `1`):
+            Optimizer steps between two checks (each check is one scoring pass over the forget rows).
+
     Parameters that control SURE (`hf_unlearn.trainers.sure`, any method):
         sure_percentile (`float`, *optional*):
             Train only the modules whose forget-loss saliency at the original weights is at or above this percentile
@@ -69,6 +77,10 @@ class UnlearnConfig(TrainingArguments):
     eval_reference: str | None = field(default=None, metadata={"help": "Retain model's saved evaluation JSON."})
     eval_max_new_tokens: int = field(default=48, metadata={"help": "Generation length for ROUGE."})
     eval_max_items: int | None = field(default=None, metadata={"help": "Evaluate only the first N items of a set."})
+    stop_at_forget_prob: float | None = field(
+        default=None, metadata={"help": "End training once the forget rows' mean answer probability is at most this."}
+    )
+    stop_check_steps: int = field(default=1, metadata={"help": "Steps between two stop_at_forget_prob checks."})
     sure_percentile: float | None = field(
         default=None, metadata={"help": "SURE: train only modules at or above this forget-saliency percentile."}
     )
@@ -81,6 +93,13 @@ class UnlearnConfig(TrainingArguments):
             # Launched with several processes on a machine without GPUs: use accelerate's multi-CPU (gloo) mode;
             # otherwise every process would silently train alone on its own copy of the data.
             self.use_cpu = True
+        if self.stop_at_forget_prob is not None and not 0 < self.stop_at_forget_prob < 1:
+            raise ValueError(
+                f"stop_at_forget_prob must be in (0, 1), got {self.stop_at_forget_prob}; e.g. 0.3 ends training once "
+                "the forget answers' mean probability is at most 0.3."
+            )
+        if self.stop_check_steps < 1:
+            raise ValueError(f"stop_check_steps must be at least 1, got {self.stop_check_steps}.")
         if self.sure_percentile is not None and not 0 <= self.sure_percentile < 100:
             raise ValueError(f"sure_percentile must be in [0, 100), got {self.sure_percentile}; 90 keeps the top tenth.")
         super().__post_init__()
@@ -198,6 +217,11 @@ class UnlearnTrainer(Trainer):
             self.ref_model = self._prepare_reference(self.ref_model)
         self._logged = defaultdict(list)
         self.last_evaluation: dict | None = None
+        self.stopped_when_forgotten: dict | None = None  # {"step", "forget_prob"} when stop_at_forget_prob ended it
+        if args.stop_at_forget_prob is not None:
+            from .stopping import StopWhenForgottenCallback
+
+            self.add_callback(StopWhenForgottenCallback(self, forget_rows))
 
     # ----- hooks for methods -------------------------------------------------------------------------------------
     def uses_retain(self, args: UnlearnConfig) -> bool:
