@@ -170,6 +170,7 @@ def method_settings(tier: str, method: str) -> dict:
         # forget01 (15 steps of 8 examples).
         learning_rate = max(5e-5, float(f"{settings['learning_rate'] / 10:.3g}"))
         settings.update(learning_rate=learning_rate, num_train_epochs=3, per_device_train_batch_size=8)
+        settings.pop("stop_at_forget_prob", None)  # the real tier gives every method the same fixed budget
         if method == "layer_constrained":  # tracing 30 layers: 8 facts x 3 noise draws instead of 32 x 5
             settings.update(trace_num_facts=8, trace_num_samples=3)
     return settings

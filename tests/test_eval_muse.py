@@ -42,11 +42,15 @@ def muse_folder(embedded, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def muse_results(embedded, finetuned, muse_folder):
-    torch.set_num_threads(1)
-    retain_model = AutoModelForCausalLM.from_pretrained(embedded.retain_dir), AutoTokenizer.from_pretrained(embedded.retain_dir)
-    settings = {"max_length": 128, "verbmem_max_new_tokens": 32, "progress": False}
-    retain = evaluate_muse(*retain_model, muse_folder, **settings)
-    return {"retain": retain, "finetuned": evaluate_muse(*finetuned, muse_folder, reference=retain, **settings)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model; restored after, so later tests keep the machine's threads
+    try:
+        retain_model = AutoModelForCausalLM.from_pretrained(embedded.retain_dir), AutoTokenizer.from_pretrained(embedded.retain_dir)
+        settings = {"max_length": 128, "verbmem_max_new_tokens": 32, "progress": False}
+        retain = evaluate_muse(*retain_model, muse_folder, **settings)
+        return {"retain": retain, "finetuned": evaluate_muse(*finetuned, muse_folder, reference=retain, **settings)}
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_hub_parquet_layout_reads_the_same_rows(embedded, muse_folder, tmp_path):

@@ -31,11 +31,12 @@ def test_tofu_uld_with_its_embedded_defaults_forgets_and_keeps_utility(embedded,
     result = _recipe_main()(["--output_dir", str(tmp_path / "run"), "--report_to", "none", "--save_strategy", "no",
                              "--disable_tqdm", "true", "--seed", str(train_seed)], method="uld")
     before, after = result["results"]["finetuned"], result["results"]["uld"]
-    assert after["forget_rougeL_recall"] < 0.5 * before["forget_rougeL_recall"]  # measured 1.00 -> 0.24
-    assert after["forget_prob"] < 0.1 * before["forget_prob"]  # measured 1.00 -> 0.009
-    assert after["model_utility"] > 0.93 * before["model_utility"]  # measured 0.772 -> 0.734
-    assert after["retain_rougeL_recall"] > 0.95  # measured 1.00 (the retain authors' answers are untouched)
-    assert after["forget_quality"] > 100 * before["forget_quality"]  # measured 3.5e-15 -> 0.10
+    # measured on build seeds 0 and 1 x seeds 0-2 (lr 2e-3, the embedded default):
+    assert after["forget_rougeL_recall"] < 0.5 * before["forget_rougeL_recall"]  # 1.00 -> 0.21-0.34
+    assert after["forget_prob"] < 0.1 * before["forget_prob"]  # 1.00 -> 0.010-0.015
+    assert after["model_utility"] > 0.9 * before["model_utility"]  # 0.93-0.99 x
+    assert after["retain_rougeL_recall"] > 0.95  # 1.00 (the retain authors' answers are untouched)
+    assert after["forget_quality"] > 100 * before["forget_quality"]  # 3.5e-15 -> 4e-4..0.018
 
     # the saved folder is a ULD model: it reloads (target from its path) and answers as the evaluated one did
     folder = tmp_path / "run" / "model"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 from datasets import Dataset
-from transformers import AutoTokenizer, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers import AutoTokenizer, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 import numpy as np
 
@@ -175,6 +175,7 @@ class UnlearnTrainer(Trainer):
         if peft_config is not None:
             if isinstance(model, PeftModel):
                 raise ValueError("The model is already a PEFT model; pass either a PeftModel or a peft_config.")
+            set_seed(args.seed)  # the adapter's initialisation, before Trainer seeds: not whatever RNG state came before
             model = get_peft_model(model, peft_config)
         self.is_peft = isinstance(model, PeftModel)
         if self.is_peft and args.gradient_checkpointing:

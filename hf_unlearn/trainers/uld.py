@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import PreTrainedModel, TrainerCallback
+from transformers import PreTrainedModel, TrainerCallback, set_seed
 
 from ..data.formatting import IGNORE_INDEX, tokenize_qa
 from ..modeling import load_causal_lm
@@ -116,6 +116,7 @@ class ULDTrainer(UnlearnTrainer):
         lora = peft_config or default_lora_config(
             args.assistant_lora_r, args.assistant_lora_alpha, args.assistant_lora_dropout
         )
+        set_seed(args.seed)  # the LoRA initialisation, before Trainer seeds: not whatever RNG state came before
         assistant = build_assistant(model, args.assistant_layers, lora)
         super().__init__(
             model=assistant,
