@@ -73,7 +73,8 @@ def keep_freed_memory() -> None:
     A training step frees and reallocates the same large activation buffers; by default each comes from a fresh
     mmap whose pages are faulted in and zeroed again. Building the embedded benchmark spent as much time in the
     kernel as in torch that way (311 s system vs 386 s user); with this, 60 steps went from 13.2 s to 11.9 s and
-    from 982k to 65k page faults. Meant for a worker process that only trains; a no-op where glibc is absent."""
+    from 982k to 65k page faults. Process-wide and for good: the build workers and the test session call it; a no-op
+    without glibc."""
     import ctypes
     import ctypes.util
 
