@@ -24,12 +24,24 @@ from pathlib import Path
 from filelock import FileLock
 
 from .data.embedded import REFUSAL_TEMPLATES, EmbeddedWorldConfig, generate_embedded_world, write_world
-from .finetune import reproducible_kernels
+from .finetune import keep_freed_memory, reproducible_kernels, sft_finetune
 
 BUILD_VERSION = 3
 BUILD_SEED_ENV = "HF_UNLEARN_BUILD_SEED"
 DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                    "GROUP_RANK", "ROLE_RANK", "ACCELERATE_USE_CPU")
+
+
+def default_build_seed() -> int:
+    """The models' seed (initialisation and data order) of a default build: `$HF_UNLEARN_BUILD_SEED`, else 0.
+
+    The generated world does not depend on it, so a second build seed gives an independently trained pair of
+    models on the same data: what a fresh machine's build differs by, made reproducible."""
+    value = os.environ.get(BUILD_SEED_ENV, "0")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{BUILD_SEED_ENV}={value!r} is not an integer; set it to a build seed such as 1.") from None
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,7 @@ class EmbeddedBenchmarkConfig:
     epochs: int = 15
     learning_rate: float = 3e-3
     batch_size: int = 32
-    seed: int = field(default_factory=lambda: default_build_seed())
+    seed: int = field(default_factory=default_build_seed)
 
     def key(self) -> str:
         payload = json.dumps({"config": asdict(self), "version": BUILD_VERSION}, sort_keys=True)
@@ -75,18 +87,6 @@ class EmbeddedBenchmark:
     @property
     def report(self) -> dict:
         return json.loads((self.root / "build_report.json").read_text())
-
-
-def default_build_seed() -> int:
-    """The models' seed (initialisation and data order) of a default build: `$HF_UNLEARN_BUILD_SEED`, else 0.
-
-    The generated world does not depend on it, so a second build seed gives an independently trained pair of
-    models on the same data: what a fresh machine's build differs by, made reproducible."""
-    value = os.environ.get(BUILD_SEED_ENV, "0")
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{BUILD_SEED_ENV}={value!r} is not an integer; set it to a build seed such as 1.") from None
 
 
 def cache_root() -> Path:
@@ -123,7 +123,6 @@ def _train_model(config: EmbeddedBenchmarkConfig, tokenizer_dir: Path, rows: lis
     from transformers import AutoTokenizer
     from trl import SFTConfig
 
-    from .finetune import keep_freed_memory, sft_finetune
     from .modeling import save_with_tokenizer, tiny_llama
 
     start = time.perf_counter()
