@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from hf_unlearn.eval.mia import attack_scores, mia_auc, min_k_mean, privleak, zlib_length, zlib_score
+from hf_unlearn.eval.mia import attack_scores, mia_auc, min_k_mean, zlib_length, zlib_score
 from hf_unlearn.eval.scoring import token_logprob_stats
 from hf_unlearn.eval.tofu import (
     forget_quality,
@@ -137,9 +137,3 @@ def test_auc_equals_pairwise_count_with_ties():
     nonmembers = [rng.randint(0, 5) / 2 for _ in range(17)]
     pairwise = sum((m > n) + 0.5 * (m == n) for m in members for n in nonmembers) / (23 * 17)
     assert mia_auc(members, nonmembers) == pytest.approx(pairwise, abs=1e-15)
-
-
-def test_privleak_is_relative_auc_gap():
-    assert privleak(0.9, 0.5) == pytest.approx(0.8)
-    assert privleak(0.5, 0.5) == 0.0
-    assert privleak(0.25, 0.5) == pytest.approx(-0.5)

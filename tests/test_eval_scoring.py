@@ -1,10 +1,13 @@
 """Batched scoring equals scoring each example alone, on the embedded benchmark's finetuned model."""
 
+import math
+
 import pytest
 import torch
 
 from hf_unlearn.data import load_tofu_split, tokenize_qa
-from hf_unlearn.eval.scoring import mean_nll, score_answers, score_texts
+from hf_unlearn.editing.stamp import answer_scores
+from hf_unlearn.eval.scoring import answer_probability, mean_nll, score_answers, score_texts
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -80,3 +83,21 @@ def test_texts_score_every_token_after_the_first(finetuned):
     for text, score in zip(texts, scores):
         ids = tokenizer(text)["input_ids"]
         assert score["logprobs"] == pytest.approx(_alone(model, ids, [-100] + ids[1:])[0], abs=2e-4)
+
+
+def test_answer_probability_is_the_length_normalised_likelihood():
+    # token probabilities 1/2 and 1/8: exp(mean log p) = their geometric mean, 1/4
+    assert answer_probability([math.log(0.5), math.log(0.125)]) == pytest.approx(0.25, rel=1e-15)
+    with pytest.raises(ValueError, match="No scored tokens"):
+        answer_probability([])
+
+
+def test_stamp_check_reports_tofus_answer_probability(finetuned, qa_pairs):
+    model, tokenizer = finetuned
+    questions, answers = qa_pairs
+    rows = [{"question": q, "answer": a} for q, a in zip(questions[:6], answers[:6])]
+    reported = answer_scores(model, tokenizer, rows, max_new_tokens=8)["probability"]
+    for row, probability in zip(rows, reported):
+        example = tokenize_qa(tokenizer, row["question"], row["answer"], 512)
+        logprobs, _ = _alone(model, example["input_ids"], example["labels"])  # answer tokens and EOS
+        assert probability == pytest.approx(math.exp(sum(logprobs) / len(logprobs)), rel=1e-4)

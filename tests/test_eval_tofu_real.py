@@ -2,6 +2,7 @@
 
 import json
 import math
+from math import comb
 
 import pytest
 
@@ -36,4 +37,13 @@ def test_tofu_metrics_on_real_data_with_smollm2():
     assert result["world_facts_rougeL_recall"] > 0.2
     assert all(0 <= result[f"mia_auc_{a}"] <= 1 for a in ("loss", "zlib", "min_k", "min_k_plus_plus"))
     assert result["forget_quality"] is None
-    assert compare_with_reference(result, result)["forget_quality"] == 1.0
+    # Forget quality against a hand-made reference whose truth ratios all exceed the model's: with n = m = ITEMS and
+    # the two samples fully separated, the exact two-sided KS test gives p = 2 / C(2n, n) (2 of the C(2n, n)
+    # relabellings of the pooled sample separate it as fully), 2 / 12870 for n = 8.
+    ours = result["per_item"]["forget_truth_ratio"]
+    reference = {"per_item": {"forget_truth_ratio": [max(ours) + 1 + i for i in range(ITEMS)]},
+                 "settings": {"splits": {"forget": "forget10_perturbed"}}}
+    assert compare_with_reference(result, reference)["forget_quality"] == pytest.approx(2 / comb(2 * ITEMS, ITEMS), rel=1e-9)
+    # and against a reference holding the same truth ratios in another order: identical samples, p = 1
+    reference["per_item"]["forget_truth_ratio"] = ours[::-1]
+    assert compare_with_reference(result, reference)["forget_quality"] == pytest.approx(1.0, rel=1e-12)

@@ -8,9 +8,11 @@ from statistics import harmonic_mean
 
 from conftest import shared_data
 from hf_unlearn.eval.semeval import (
+    clean_up_spaces,
     evaluate_semeval,
     exact_match,
     final_score,
+    final_score_fields,
     group_means,
     item_kind,
     item_scores,
@@ -31,10 +33,20 @@ GENERATIONS = ["the cat on a mat", "  paris ", "41", "Blue"]
 
 
 def test_item_kind_from_the_id():
-    assert item_kind('"2ebbbb06-ab81"sc1') == "completion"
-    assert item_kind("67148749qa12") == "qa"
-    with pytest.raises(ValueError, match="sc<N>"):
-        item_kind("67148749")
+    """The official rule: the id without its last character ends in "sc" or "qa" (`id[:-1].endswith(...)`)."""
+    assert item_kind('"2ebbbb06-ab81"sc1') == "completion" and item_kind("67148749qa0") == "qa"
+    for unscored in ("67148749", "67148749qa12", "67148749sc10"):  # the official script scores none of these
+        with pytest.raises(ValueError, match="unscored"):
+            item_kind(unscored)
+
+
+def test_generations_are_cleaned_up_as_the_official_decode():
+    """The script decodes with clean_up_tokenization_spaces=True (transformers 4.x: every tokenizer), which drops
+    the space before . ? ! , and clitics; its exact match then sees "Paris." where the tokens spelled "Paris ."."""
+    assert clean_up_spaces("Paris .") == "Paris."
+    assert clean_up_spaces("it 's 42 , is n't it ?") == "it's 42, isn't it?"
+    assert clean_up_spaces("  a-b  ") == "  a-b  "
+    assert exact_match(clean_up_spaces(" Paris .\n"), "paris.") == 1.0
 
 
 def test_item_scores_and_group_means_by_hand():
@@ -58,6 +70,23 @@ def test_mia_and_final_scores():
     assert mia_score(0.5) == 1.0 and mia_score(1.0) == 0.0 and mia_score(0.0) == 0.0
     assert mia_score(0.741) == pytest.approx(0.518)
     assert final_score(0.9, 0.6, 0.3) == pytest.approx(0.6)
+
+
+def test_the_mmlu_threshold_does_not_enter_the_final_score():
+    """The script averages the three scores whatever MMLU is and only warns when MMLU < 0.371 (the 7B awards
+    leaderboard left those out): 0.30 still counts, (0.9 + 0.6 + 0.30) / 3 = 0.6."""
+    low = final_score_fields(0.9, 0.6, 0.30)
+    assert low["final_score"] == pytest.approx(0.6) and low["mmlu_above_threshold"] is False
+    assert low["mmlu_official"] is None  # a bare number: its protocol is unknown
+    at = final_score_fields(0.9, 0.6, 0.371)
+    assert at["final_score"] == pytest.approx((0.9 + 0.6 + 0.371) / 3) and at["mmlu_above_threshold"] is True
+    mmlu = {"accuracy": 0.45, "official": False, "note": "Not the official SemEval-2025 Task 4 MMLU score: 0-shot."}
+    fields = final_score_fields(0.5, 0.2, mmlu)
+    assert fields["mmlu_accuracy"] == 0.45 and fields["mmlu_official"] is False and fields["mmlu_note"] == mmlu["note"]
+    assert fields["final_score"] == pytest.approx(1.15 / 3)  # (0.5 + 0.2 + 0.45) / 3
+    assert final_score_fields(0.5, None, mmlu)["final_score"] is None  # no MIA score: no final score
+    assert final_score_fields(0.5, 0.2, None) == {"mmlu_accuracy": None, "mmlu_official": None, "mmlu_note": None,
+                                                   "mmlu_above_threshold": None, "final_score": None}
 
 
 def test_sample_per_group_keeps_file_order():
@@ -90,7 +119,8 @@ def test_evaluation_on_real_data(finetuned):
     folder = shared_data("semeval25_task4")
     model, tokenizer = finetuned
     result = evaluate_semeval(model, tokenizer, folder, split="validation", mia_data=folder, mmlu_accuracy=0.25,
-                              max_new_tokens=8, max_length=128, max_items_per_group=2, max_mia_items=6)
+                              max_new_tokens=8, max_length=128, max_items_per_group=2, max_mia_items=6,
+                              mia_max_length=128)
     assert result["settings"]["num_items"] == {"forget": 12, "retain": 12}
     per_item = result["per_item"]
     # the aggregate is recomputed from the per-item scores by hand
@@ -109,6 +139,34 @@ def test_evaluation_on_real_data(finetuned):
     assert 0 <= result["mia_auc"] <= 1 and result["mia_score"] == pytest.approx(1 - 2 * abs(result["mia_auc"] - 0.5))
     assert len(per_item["mia_member_mean_logprob"]) == 6 and all(math.isfinite(v) for v in per_item["mia_member_mean_logprob"])
     assert result["final_score"] == pytest.approx((result["task_aggregate"] + result["mia_score"] + 0.25) / 3)
+    assert result["mmlu_above_threshold"] is False
+
+
+def test_mia_scores_whole_documents(finetuned):
+    """The script's loss attack scores each whole document: model(ids, labels=ids).loss, AUC over -loss (members
+    = 1), MIA score 1 - 2 |AUC - 0.5|. A tiny random GPT-2 with room for whole documents, prompts cut to 32 tokens."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = shared_data("semeval25_task4")
+    _, tokenizer = finetuned
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=2048, n_embd=16, n_layer=1, n_head=2,
+                                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)).eval()
+    result = evaluate_semeval(model, tokenizer, folder, mia_data=folder, max_new_tokens=2, max_length=32,
+                              max_items_per_group=1, max_mia_items=3)
+    members, nonmembers = load_semeval_mia(folder)
+    losses = {}
+    for name, documents in (("member", members[:3]), ("nonmember", nonmembers[:3])):
+        with torch.no_grad():
+            losses[name] = [model(ids, labels=ids).loss.item() for ids in
+                            (tokenizer(d, return_tensors="pt").input_ids for d in documents)]
+    assert max(len(tokenizer(d).input_ids) for d in members[:3]) > 32  # the old code cut them to max_length
+    assert result["per_item"]["mia_member_mean_logprob"] == pytest.approx([-v for v in losses["member"]], rel=1e-4)
+    assert result["per_item"]["mia_nonmember_mean_logprob"] == pytest.approx([-v for v in losses["nonmember"]], rel=1e-4)
+    pairs = [(m < n) + 0.5 * (m == n) for m in losses["member"] for n in losses["nonmember"]]  # lower loss = member
+    auc = sum(pairs) / len(pairs)
+    assert result["mia_auc"] == pytest.approx(auc) and result["mia_score"] == pytest.approx(1 - abs(auc - 0.5) * 2)
 
 
 def test_evaluation_of_a_model_left_in_training_mode(embedded, tmp_path):

@@ -2,7 +2,8 @@
 
 A question is formatted with the tokenizer's chat template when it has one, and as
 `Question: {question}\nAnswer:` otherwise; the answer follows (with a leading space in the plain format) and ends
-with the EOS token. Labels are `-100` on the prompt, so every loss and metric sees answer tokens only.
+with the template's end of turn and the EOS token, as open-unlearning scores it. Labels are `-100` on the prompt, so
+every loss and metric sees answer tokens only.
 """
 
 from __future__ import annotations
@@ -47,11 +48,39 @@ def encode_prompt(tokenizer, question: str) -> list[int]:
     return tokenizer(prompt, add_special_tokens=not uses_chat_template(tokenizer))["input_ids"]
 
 
+_ANSWER_PLACEHOLDER = "\x00hf_unlearn answer\x00"
+
+
+def end_of_turn_text(tokenizer) -> str:
+    """The text a chat template puts after an assistant answer (ChatML: `<|im_end|>\\n`); `""` without a template
+    or when the template does not render the answer verbatim."""
+    if not uses_chat_template(tokenizer):
+        return ""
+    try:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": _ANSWER_PLACEHOLDER}],
+            tokenize=False, add_generation_prompt=False,
+        )
+    except Exception:  # a template that refuses this conversation: score the answer and EOS only
+        return ""
+    _, found, suffix = rendered.partition(_ANSWER_PLACEHOLDER)
+    return suffix if found else ""
+
+
 def encode_answer(tokenizer, answer: str) -> list[int]:
-    """Token ids of an answer as it follows the prompt, ending with EOS."""
-    text = answer if uses_chat_template(tokenizer) else " " + answer.lstrip()
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if tokenizer.eos_token_id is not None:
+    """Token ids of an answer as it follows the prompt: the answer, the chat template's end of turn, and EOS unless
+    the turn already ends with it.
+
+    This is open-unlearning's `preprocess_chat_instance` (`src/data/utils.py`): the labels are every token of the
+    conversation after the generation prompt, with EOS appended when the conversation does not end with it. For
+    SmolLM2's ChatML template that is `answer <|im_end|> \\n <|im_end|>`. Without a chat template: `" " + answer`
+    and EOS (the plain `Question: ...\\nAnswer:` format).
+    """
+    if uses_chat_template(tokenizer):
+        ids = tokenizer(answer + end_of_turn_text(tokenizer), add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer(" " + answer.lstrip(), add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
         ids = ids + [tokenizer.eos_token_id]
     return ids
 

@@ -19,7 +19,6 @@ moment by its mean (see `low_rank_ridge_edit`).
 
 from __future__ import annotations
 
-import math
 import random
 import re
 import time
@@ -734,13 +733,13 @@ def answer_scores(model, tokenizer, rows, max_new_tokens: int = 48, batch_size: 
     TOFU evaluation."""
     from ..eval.generation import generate_answers
     from ..eval.rouge import rouge_l_recall
-    from ..eval.scoring import mean_nll, score_answers
+    from ..eval.scoring import answer_probability, score_answers
 
     rows = _qa_rows(rows, "scored")
     ensure_pad_token(tokenizer)
     questions = [r["question"] for r in rows]
     scores = score_answers(model, tokenizer, questions, [r["answer"] for r in rows], batch_size, max_length=512)
-    probabilities = [math.exp(-mean_nll(s["logprobs"])) for s in scores]
+    probabilities = [answer_probability(s["logprobs"]) for s in scores]
     answers = generate_answers(model, tokenizer, questions, max_new_tokens, batch_size)
     recalls = rouge_l_recall(answers, [r["answer"] for r in rows])
     return {"probability": probabilities, "rouge_l_recall": recalls, "answer": answers}

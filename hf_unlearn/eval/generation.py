@@ -18,10 +18,27 @@ def generate_answers(
     progress: bool = False,
     **generate_kwargs,
 ) -> list[str]:
-    """Greedy (unless `generate_kwargs` say otherwise) answers to `questions`, prompts left-padded in batches."""
+    """Greedy (unless `generate_kwargs` say otherwise) answers to `questions`, prompts left-padded in batches.
+
+    Each answer ends at its first EOS (the tokenizer's, which ends every training answer, or one of the model's
+    generation config) or after `max_new_tokens` tokens; a batch runs until its last answer ends.
+    """
     prompt_ids = [encode_prompt(tokenizer, q) for q in questions]
+    if "eos_token_id" not in generate_kwargs and (stop_ids := stop_token_ids(model, tokenizer)):
+        generate_kwargs["eos_token_id"] = stop_ids
     answers = generate_from_ids(model, tokenizer, prompt_ids, max_new_tokens, batch_size, progress, **generate_kwargs)
     return [a.strip() for a in answers]
+
+
+def stop_token_ids(model, tokenizer) -> list[int] | None:
+    """The tokenizer's EOS id and the model's generation-config EOS ids (an answer ends at the first of them), or
+    None when neither is set."""
+    config_ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(config_ids, int):
+        config_ids = [config_ids]
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    ids += [i for i in config_ids or [] if i is not None and i not in ids]
+    return ids or None
 
 
 @torch.no_grad()

@@ -8,15 +8,20 @@
   "Question: {q}\\nAnswer: {a}\\n\\n" (when present), then "Question: {q}\\nAnswer: "; the answer is cut at the first
   "\\n\\n", "\\nQuestion" or "Question:". ROUGE without stemming, as MUSE scores it.
 - PrivLeak: membership AUCs of `privleak/forget` (members) against `privleak/holdout` texts (see
-  `hf_unlearn.eval.mia`) and (AUC_model - AUC_retain) / AUC_retain of the Min-K% (k = 0.4) attack.
+  `hf_unlearn.eval.mia`; every token after the first is scored by every attack, as MUSE's `metrics/privleak.py`
+  does), then PrivLeak of the Min-K% (k = 0.4) AUC against the retain model's, in percent and in MUSE's
+  orientation: 100 x ((1 - AUC_model) - (1 - AUC_retain)) / (1 - AUC_retain), 1 - AUC being MUSE's
+  `forget_holdout_Min-40%` (holdout as members). 0 leaks as the retain model does; a model that leaks is
+  negative, down to -100.
 
-Numbers are fractions in [0, 1] (MUSE's tables show them times 100). MUSE orients its AUC the other way
-(holdout as members: `forget_holdout_Min-40%`) and reports 100 x PrivLeak, so a model that leaks has a negative
-PrivLeak there and a positive one here.
+The other numbers are fractions in [0, 1] (MUSE's tables show them times 100); PrivLeak is in percent, as MUSE
+reports it (`settings["privleak_unit"]`).
 
 Layouts: the Hub's (`<subset>/<split>-*.parquet`, what `snapshot_download` gives) and the MUSE GitHub
-repository's (`<subset>/<split>.json`: JSON lists of `{prompt, gt}`, `{question, answer}` or, for `privleak`,
-plain strings).
+repository's (`data/<corpus>/<subset>/<split>.json`: JSON lists of `{prompt, gt}`, `{question, answer}` or, for
+`privleak`, plain strings). The two name the KnowMem retain split differently: `retain_qa` / `retain_qa_icl` on the
+Hub, `retain2_qa` / `retain2_qa_icl` on GitHub (jaechan-repo/muse_bench `knowmem/scripts/get_utility.py`); either
+name is read (`RETAIN_QA_ALIASES`). `check_muse_data` checks a data set before any model is loaded.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +38,7 @@ from ..data.formatting import ensure_pad_token
 from ..modeling import eval_mode, model_description
 from .distributed import map_sharded, process_layout
 from .generation import generate_from_ids
-from .mia import ATTACKS, MIN_K_FRACTION, attack_scores, mia_aucs, privleak
+from .mia import ATTACKS, MIN_K_FRACTION, PRIVLEAK_UNIT, attack_scores, mia_aucs, privleak
 from .rouge import rouge_l_f1_unstemmed
 from .scoring import score_texts
 
@@ -42,30 +48,74 @@ KNOWMEM_STOP = ("\n\n", "\nQuestion", "Question:")
 PRIVLEAK_ATTACK = "min_k"
 
 
+# The KnowMem retain split has two names: the Hub's (`muse-bench/MUSE-News` `knowmem/retain_qa`) and MUSE's GitHub
+# repository's (jaechan-repo/muse_bench `data/<corpus>/knowmem/retain2_qa.json`); likewise its in-context examples.
+RETAIN_QA_ALIASES = {"retain_qa": ("retain_qa", "retain2_qa"), "retain_qa_icl": ("retain_qa_icl", "retain2_qa_icl")}
+REQUIRED_SPLITS = (("verbmem", "forget"), ("knowmem", "forget_qa"), ("knowmem", "retain_qa"), ("privleak", "forget"),
+                   ("privleak", "holdout"))
+OPTIONAL_SPLITS = (("knowmem", "forget_qa_icl"), ("knowmem", "retain_qa_icl"))
+LAYOUTS = ("A local MUSE folder holds <subset>/<split>.json (MUSE's GitHub layout, jaechan-repo/muse_bench "
+           "data/<corpus>/, retain QA in knowmem/retain2_qa.json) or <subset>/<split>-*.parquet (the Hub's layout, "
+           "muse-bench/MUSE-News, retain QA in knowmem/retain_qa-*.parquet).")
+
+
+def split_names(subset: str, split: str) -> tuple[str, ...]:
+    """The names `subset/split` may have: both of `RETAIN_QA_ALIASES` for the KnowMem retain splits, else `split`."""
+    if subset == "knowmem":
+        for names in RETAIN_QA_ALIASES.values():
+            if split in names:
+                return names
+    return (split,)
+
+
+def find_muse_split(name_or_path: str | os.PathLike, subset: str, split: str) -> str | None:
+    """The name under which `subset/split` exists in a local folder or Hub data set (`split` or its alias), or None."""
+    names = split_names(subset, split)
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        found = [name for name in names if _local_files(folder / subset, name)]
+    else:
+        available = _hub_split_names(str(name_or_path), subset)
+        found = [name for name in names if name in available]
+    if len(found) > 1:
+        raise ValueError(f"{name_or_path} has both {subset}/{found[0]} and {subset}/{found[1]}, two names of one MUSE "
+                         "split: keep one.")
+    return found[0] if found else None
+
+
+def check_muse_data(name_or_path: str | os.PathLike) -> dict[tuple[str, str], str | None]:
+    """Check that a MUSE data set has every split `evaluate_muse` reads, without reading their rows (run it before
+    loading a model), and return the name each has there: `{(subset, split): name}`, e.g.
+    `("knowmem", "retain_qa"): "retain2_qa"` in MUSE's GitHub layout; None for an absent `*_qa_icl` split."""
+    names = {key: find_muse_split(name_or_path, *key) for key in REQUIRED_SPLITS + OPTIONAL_SPLITS}
+    missing = [f"{subset}/{' or '.join(split_names(subset, split))}" for subset, split in REQUIRED_SPLITS
+               if names[subset, split] is None]
+    if missing:
+        raise ValueError(f"{name_or_path} is not a MUSE data set: it lacks {', '.join(missing)}. {LAYOUTS}")
+    return names
+
+
 def load_muse_split(name_or_path: str | os.PathLike, subset: str, split: str, required: bool = True) -> list[dict] | None:
-    """Rows of one MUSE split (`subset` in verbmem / knowmem / privleak) from a local folder or the Hub.
+    """Rows of one MUSE split (`subset` in verbmem / knowmem / privleak) from a local folder or the Hub; the KnowMem
+    retain splits are found under either of their names (`RETAIN_QA_ALIASES`).
 
     With `required=False` a split that does not exist gives None (the optional `*_qa_icl` splits).
     """
     columns = COLUMNS[subset]
+    name = find_muse_split(name_or_path, subset, split)
+    if name is None:
+        if not required:
+            return None
+        raise ValueError(f"No MUSE split {subset}/{' or '.join(split_names(subset, split))} in {name_or_path}. {LAYOUTS}")
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
-        rows = _read_local(folder / subset, split)
-        source = f"{folder / subset}/{split}"
-        if rows is None:
-            if not required:
-                return None
-            raise ValueError(
-                f"No MUSE split {subset}/{split} in {folder}: expected {subset}/{split}.json (MUSE's GitHub layout) "
-                f"or {subset}/{split}-*.parquet (the Hub's layout)."
-            )
+        rows = _read_local(folder / subset, name)
+        source = f"{folder / subset}/{name}"
     else:
-        from datasets import get_dataset_split_names, load_dataset
+        from datasets import load_dataset
 
-        if not required and split not in get_dataset_split_names(str(name_or_path), subset):
-            return None
-        rows = load_dataset(str(name_or_path), subset, split=split).to_list()
-        source = f"{name_or_path} ({subset}/{split})"
+        rows = load_dataset(str(name_or_path), subset, split=name).to_list()
+        source = f"{name_or_path} ({subset}/{name})"
     rows = [{"text": r} if isinstance(r, str) else r for r in rows]
     missing = [c for c in columns if any(c not in r for r in rows)]
     if not rows or missing:
@@ -73,20 +123,32 @@ def load_muse_split(name_or_path: str | os.PathLike, subset: str, split: str, re
     return rows
 
 
-def _read_local(folder: Path, split: str) -> list | None:
+def _local_files(folder: Path, split: str) -> list[Path]:
+    """The split's `<split>.json` (GitHub layout), else its `<split>-*.parquet` shards (Hub layout)."""
     json_file = folder / f"{split}.json"
-    if json_file.is_file():
-        text = json_file.read_text()
+    return [json_file] if json_file.is_file() else sorted(folder.glob(f"{split}-*.parquet"))
+
+
+@lru_cache(maxsize=16)
+def _hub_split_names(name: str, subset: str) -> tuple[str, ...]:
+    from datasets import get_dataset_split_names
+
+    return tuple(get_dataset_split_names(name, subset))
+
+
+def _read_local(folder: Path, split: str) -> list | None:
+    files = _local_files(folder, split)
+    if not files:
+        return None
+    if files[0].suffix == ".json":
+        text = files[0].read_text()
         try:
             return json.loads(text)
         except json.JSONDecodeError:  # JSON lines
             return [json.loads(line) for line in text.splitlines() if line.strip()]
-    parquet = sorted(folder.glob(f"{split}-*.parquet"))
-    if parquet:
-        from datasets import Dataset
+    from datasets import Dataset
 
-        return Dataset.from_parquet([str(p) for p in parquet]).to_list()
-    return None
+    return Dataset.from_parquet([str(p) for p in files]).to_list()
 
 
 def evaluate_muse(
@@ -112,6 +174,7 @@ def evaluate_muse(
     from .report import read_evaluation
 
     start = time.perf_counter()
+    splits = check_muse_data(data)  # every split present (either layout) before any generation
     ensure_pad_token(tokenizer)
     reference_result = read_evaluation(reference) if reference is not None else None
     if reference_result is not None and reference_result.get(f"mia_auc_{PRIVLEAK_ATTACK}") is None:
@@ -120,10 +183,11 @@ def evaluate_muse(
     def first(rows):
         return rows if rows is None or max_items is None else rows[:max_items]
 
-    verbmem = first(load_muse_split(data, "verbmem", "forget"))
-    knowmem = {name: first(load_muse_split(data, "knowmem", f"{name}_qa")) for name in ("forget", "retain")}
-    icl = {name: load_muse_split(data, "knowmem", f"{name}_qa_icl", required=False) for name in ("forget", "retain")}
-    privleak_sets = {name: first(load_muse_split(data, "privleak", name)) for name in ("forget", "holdout")}
+    verbmem = first(load_muse_split(data, "verbmem", splits["verbmem", "forget"]))
+    knowmem = {name: first(load_muse_split(data, "knowmem", splits["knowmem", f"{name}_qa"])) for name in ("forget", "retain")}
+    icl = {name: load_muse_split(data, "knowmem", icl_split) if (icl_split := splits["knowmem", f"{name}_qa_icl"]) else None
+           for name in ("forget", "retain")}
+    privleak_sets = {name: first(load_muse_split(data, "privleak", splits["privleak", name])) for name in ("forget", "holdout")}
 
     with eval_mode(model):
         # VerbMem: continuations of the forget prompts against the true continuations cut to the same length.
@@ -146,7 +210,7 @@ def evaluate_muse(
         texts = {name: [r["text"] for r in rows] for name, rows in privleak_sets.items()}
         all_texts = texts["forget"] + texts["holdout"]
         scores = score_texts(model, tokenizer, all_texts, batch_size, max_length, accelerator, progress, "PrivLeak scoring")
-    attack = [attack_scores(s["logprobs"], s["zscores"], text) for s, text in zip(scores, all_texts)]
+    attack = [attack_scores(s["logprobs"], s["zscores"], text, ends_with_eos=False) for s, text in zip(scores, all_texts)]
     members, nonmembers = attack[: len(texts["forget"])], attack[len(texts["forget"]) :]
 
     result = {
@@ -176,6 +240,7 @@ def evaluate_muse(
         "num_items": {"verbmem": len(verbmem), **{f"knowmem_{k}": len(v) for k, v in knowmem.items()},
                       **{f"privleak_{k}": len(v) for k, v in privleak_sets.items()}},
         "knowmem_icl_examples": {name: len(rows or []) for name, rows in icl.items()},
+        "knowmem_splits": {name: [splits["knowmem", f"{name}_qa"], splits["knowmem", f"{name}_qa_icl"]] for name in ("forget", "retain")},
         **model_description(model, tokenizer),
         "batch_size": batch_size,
         "verbmem_max_new_tokens": verbmem_max_new_tokens,
@@ -185,6 +250,7 @@ def evaluate_muse(
         "num_processes": num_processes,
         "min_k_fraction": MIN_K_FRACTION,
         "privleak_attack": PRIVLEAK_ATTACK,
+        "privleak_unit": PRIVLEAK_UNIT,
         "rouge": "ROUGE-L F1, no stemming",
         "reference": None if reference is None else (str(reference) if not isinstance(reference, dict) else "dict"),
     }

@@ -19,6 +19,7 @@ REPORT_STEM = "evaluation"
 TOFU_SETS = ("forget", "retain", "real_authors", "world_facts")
 TOFU_METRICS = {"prob": "probability", "rougeL_recall": "ROUGE-L recall", "truth_ratio": "truth-ratio statistic"}
 MUSE_METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "mia_auc_min_k")
+UNITS = {"privleak": "%"}  # headline numbers that are not fractions: tables show the unit beside the name
 
 
 def headline(result: dict) -> dict[str, float | int | None]:
@@ -133,7 +134,8 @@ def markdown_table(results: dict[str, dict]) -> str:
     keys = list(dict.fromkeys(k for r in results.values() for k in headline(r)))
     lines = ["| metric | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
     for key in keys:
-        lines.append(f"| {key} | " + " | ".join(format_number(headline(results[label]).get(key)) for label in labels) + " |")
+        name = f"{key} ({UNITS[key]})" if key in UNITS else key
+        lines.append(f"| {name} | " + " | ".join(format_number(headline(results[label]).get(key)) for label in labels) + " |")
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ saves most of the compute. Work is split across processes as described in `hf_un
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 
 import torch
@@ -233,3 +234,14 @@ def mean_nll(token_logprobs: list[float]) -> float:
     if not token_logprobs:
         raise ValueError("No scored tokens: an empty answer has no likelihood.")
     return -sum(token_logprobs) / len(token_logprobs)
+
+
+def answer_probability(token_logprobs: list[float]) -> float:
+    """TOFU's answer probability: the length-normalised likelihood exp(-mean NLL) = exp((1/T) sum_t log p(y_t)),
+    over the T scored tokens (answer, end of turn and EOS, as `score_answers` scores them).
+
+    Reference: locuslab/open-unlearning `src/evals/metrics/utils.py` (`evaluate_probability`: exp(-summed
+    cross-entropy / number of labelled tokens), the labels ending with EOS as `src/data/utils.py`
+    `preprocess_chat_instance` builds them).
+    """
+    return math.exp(-mean_nll(token_logprobs))

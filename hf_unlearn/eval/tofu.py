@@ -3,10 +3,11 @@ utility; and membership-inference AUCs (forget vs holdout) with PrivLeak.
 
 Definitions, per evaluation set (`{forget}_perturbed`, `retain_perturbed`, `real_authors_perturbed`,
 `world_facts_perturbed`):
-- probability: exp(-mean token NLL of the answer) (answer tokens and EOS, given the question), averaged over items;
-  for real authors and world facts it is normalised per item, P(true) / (P(true) + sum_j P(perturbed_j)), with
-  length-normalised probabilities as in TOFU's release.
-- ROUGE-L recall of the greedy answer against the true answer.
+- probability: exp(-mean token NLL of the answer) (answer tokens and EOS, given the question; `answer_probability`),
+  averaged over items; for real authors and world facts it is normalised per item,
+  P(true) / (P(true) + sum_j P(perturbed_j)), with length-normalised probabilities as in TOFU's release.
+- ROUGE-L recall (stemmed) of the greedy answer against the true answer; answers end at EOS or after
+  `max_new_tokens` = 200 tokens, open-unlearning's generation length.
 - truth ratio per item: TR = (geometric mean_j P(perturbed_j)) / P(paraphrased), each P length-normalised, i.e.
   TR = exp(NLL_para - mean_j NLL_pert_j). As in TOFU's release, the paraphrased and perturbed answers are scored
   given the item's `question` (not its `paraphrased_question`); sets without `paraphrased_answer` (real authors,
@@ -16,11 +17,15 @@ Definitions, per evaluation set (`{forget}_perturbed`, `retain_perturbed`, `real
   model and of the retain model (the `reference` evaluation).
 - model utility: harmonic mean of the 9 numbers (probability, ROUGE-L, truth-ratio statistic) of the retain,
   real-authors and world-facts sets.
+
+Reference: locuslab/open-unlearning, `src/evals/metrics/memorization.py` (probability, probability_w_options,
+rouge, truth_ratio), `src/evals/metrics/utils.py` (evaluate_probability, eval_text_similarity, get_forget_quality),
+`src/evals/metrics/utility.py` (hm_aggregate), `configs/eval/tofu_metrics/*.yaml` (which answers and aggregators
+each metric uses) and `configs/generation/default.yaml` (greedy, max_new_tokens: 200).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -35,12 +40,16 @@ from ..data.tofu import is_local_dataset, load_tofu_split
 from ..modeling import eval_mode, model_description
 from .distributed import map_sharded, process_layout
 from .generation import generate_answers
-from .mia import ATTACKS, MIN_K_FRACTION, attack_scores, mia_aucs, privleak
+from .mia import ATTACKS, MIN_K_FRACTION, PRIVLEAK_UNIT, attack_scores, mia_aucs, privleak
 from .report import read_evaluation
 from .rouge import rouge_l_recall
-from .scoring import mean_nll, score_answers
+from .scoring import answer_probability, mean_nll, score_answers
 
 UTILITY_SETS = {"real_authors": "real_authors_perturbed", "world_facts": "world_facts_perturbed"}
+UTILITY_METRICS = tuple(f"{name}_{metric}" for name in ("retain", *UTILITY_SETS) for metric in ("prob", "rougeL_recall", "truth_ratio"))
+# open-unlearning's generation length for every TOFU ROUGE (`configs/generation/default.yaml`: max_new_tokens: 200);
+# greedy answers stop at EOS, so the long budget costs only what the answers that need it use.
+TOFU_MAX_NEW_TOKENS = 200
 PRIVLEAK_ATTACK = "min_k"  # MUSE computes PrivLeak from the Min-K% (k = 0.4) attack
 
 
@@ -91,6 +100,19 @@ def harmonic_mean(values: Sequence[float]) -> float:
     return float(array.size / (1 / array).sum())
 
 
+def model_utility(metrics: dict) -> float:
+    """TOFU's model utility: the harmonic mean of the 9 `UTILITY_METRICS` of `metrics` (retain, real-authors and
+    world-facts probability, ROUGE-L recall and truth-ratio statistic); other keys are ignored.
+
+    Reference: locuslab/open-unlearning `configs/eval/tofu_metrics/model_utility.yaml` (its 9 pre-computed
+    metrics) and `src/evals/metrics/utility.py` (`hm_aggregate`: scipy.stats.hmean).
+    """
+    missing = [key for key in UTILITY_METRICS if metrics.get(key) is None]
+    if missing:
+        raise ValueError(f"Model utility needs all of {list(UTILITY_METRICS)}; missing {missing}.")
+    return harmonic_mean([metrics[key] for key in UTILITY_METRICS])
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Evaluation
 
@@ -104,7 +126,7 @@ def evaluate_tofu(
     holdout_split: str | None = None,
     reference: dict | str | os.PathLike | None = None,
     batch_size: int = 32,
-    max_new_tokens: int = 48,
+    max_new_tokens: int = TOFU_MAX_NEW_TOKENS,
     max_length: int | None = 256,
     progress: bool = True,
     accelerator=None,
@@ -120,6 +142,9 @@ def evaluate_tofu(
         reference: the retain model's evaluation (a dict returned by this function, or the path of its saved JSON,
             or of a report from `write_report` holding a "retain" result) for forget quality and PrivLeak. Without it
             they are None; the forget-set truth ratios are returned either way, so the result can be a reference.
+        max_new_tokens: most tokens of a greedy answer (ROUGE-L); it ends at EOS before that. Default 200, as
+            open-unlearning (a shorter budget cuts long true answers and lowers ROUGE-L recall even for a model
+            that reproduces them).
         max_items: evaluate only the first `max_items` items of every set (quick checks).
         accelerator: an `Accelerator` (or `PartialState`) to split the work across processes; every process must
             call this function, and every process returns the same result.
@@ -181,7 +206,7 @@ def evaluate_tofu(
         paraphrased_nll = [nll[i["paraphrased"]] for i in items]
         perturbed_nll = _nan_padded([[nll[j] for j in i["perturbed"]] for i in items])
         truth_ratios = truth_ratio(paraphrased_nll, perturbed_nll)
-        answer_probs = torch.exp(-torch.tensor(true_nll, dtype=torch.float64))
+        answer_probs = torch.tensor([answer_probability(scores[i["true"]]["logprobs"]) for i in items], dtype=torch.float64)
         generations = [answers[r["question"]] for r in rows[name]]
         recalls = rouge_l_recall(generations, [r["answer"] for r in rows[name]])
         if name in UTILITY_SETS:
@@ -198,16 +223,14 @@ def evaluate_tofu(
         per_item[f"{name}_truth_ratio"] = truth_ratios.tolist()
         per_item[f"{name}_rougeL_recall"] = recalls
         per_item[f"{name}_generation"] = generations
-    result["model_utility"] = harmonic_mean(
-        [result[f"{name}_{metric}"] for name in ("retain", *UTILITY_SETS) for metric in ("prob", "rougeL_recall", "truth_ratio")]
-    )
+    result["model_utility"] = model_utility(result)
 
     if holdout_rows:
         member_texts = [r["answer"] for r in rows["forget"]]
         members = [attack_scores(scores[i["true"]]["logprobs"], scores[i["true"]]["zscores"], text) for i, text in zip(plan["forget"], member_texts)]
         nonmembers = [attack_scores(scores[j]["logprobs"], scores[j]["zscores"], r["answer"]) for j, r in zip(holdout_plan, holdout_rows)]
         result.update({f"mia_auc_{attack}": auc for attack, auc in mia_aucs(members, nonmembers).items()})
-        result["holdout_prob"] = float(np.mean([math.exp(-nll[j]) for j in holdout_plan]))
+        result["holdout_prob"] = float(np.mean([answer_probability(scores[j]["logprobs"]) for j in holdout_plan]))
         for attack in ATTACKS:
             per_item[f"mia_forget_{attack}"] = [m[attack] for m in members]
             per_item[f"mia_holdout_{attack}"] = [n[attack] for n in nonmembers]
@@ -231,6 +254,7 @@ def evaluate_tofu(
         "num_processes": num_processes,
         "min_k_fraction": MIN_K_FRACTION,
         "privleak_attack": PRIVLEAK_ATTACK,
+        "privleak_unit": PRIVLEAK_UNIT,
         "reference": _describe_reference(reference),
         "truth_ratio": "geometric-mean P(perturbed) / P(paraphrased), length-normalised, both given `question`",
     }
@@ -238,7 +262,8 @@ def evaluate_tofu(
 
 
 def compare_with_reference(result: dict, reference: dict, forget_eval_split: str | None = None) -> dict:
-    """Forget quality and PrivLeak of `result` against the retain model's evaluation `reference`."""
+    """Forget quality and PrivLeak (in percent, see `hf_unlearn.eval.mia.privleak`) of `result` against the retain
+    model's evaluation `reference`."""
     if forget_eval_split is not None:
         check_same_forget_split(reference, forget_eval_split)
     ours, theirs = result["per_item"]["forget_truth_ratio"], reference["per_item"]["forget_truth_ratio"]

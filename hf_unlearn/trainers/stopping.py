@@ -9,21 +9,19 @@ that with the forget data alone, so the stopping rule never looks at evaluation 
 
 from __future__ import annotations
 
-import math
-
 from transformers import TrainerCallback
 
 from ..modeling import eval_mode
 
 
 def mean_answer_probability(model, tokenizer, rows: list[dict], max_length: int) -> float:
-    """Mean over rows of exp(-mean token NLL of the answer given the question): TOFU's answer probability
-    (`forget_prob` on the forget set), computed the way `evaluate_tofu` does."""
-    from ..eval.scoring import mean_nll, score_answers
+    """Mean over rows of TOFU's answer probability exp(-mean token NLL of the answer given the question)
+    (`forget_prob` on the forget set), with `evaluate_tofu`'s own `answer_probability`."""
+    from ..eval.scoring import answer_probability, score_answers
 
     scores = score_answers(model, tokenizer, [r["question"] for r in rows], [r["answer"] for r in rows],
                            max_length=max_length)
-    return sum(math.exp(-mean_nll(s["logprobs"])) for s in scores) / len(scores)
+    return sum(answer_probability(s["logprobs"]) for s in scores) / len(scores)
 
 
 class StopWhenForgottenCallback(TrainerCallback):
