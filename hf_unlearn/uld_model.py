@@ -1,10 +1,20 @@
 """ULD's models (Ji et al., 2024, "Reversing the Forget-Retain Objectives: An Efficient LLM Unlearning Framework
-from Logit Difference"): the assistant built from the target's first layers, and `ULDModel`, whose logits are
-l_target - alpha * l_assistant on the target's candidate tokens.
+from Logit Difference"; reference code github.com/UCSB-NLP-Chang/ULD, `uld/model/contrastllm.py` and
+`uld/model/gen_util.py`): the assistant built from the target's first layers, and `ULDModel`, the target minus
+alpha times the assistant on the target's candidate tokens.
+
+With C the target's candidate set at a position (`candidate_mask`):
+- scoring (`ULDModel.forward`, what answer probabilities and truth ratios use) follows `ContrastLLM.forward`:
+  l = l_target - alpha * l_assistant on C, l = l_target outside C (`logit_difference`);
+- generation (`ULDModel.generate`) follows `ContrastGenerationMixin.greedy_search`: the same on C, and tokens outside
+  C are never chosen (logit -inf; the reference writes -1e3) (`generation_logits`).
 
 The assistant is trained (`hf_unlearn.trainers.ULDTrainer`) to remember the forget set and to know nothing of the
-retain set (uniform next-token distribution there). Subtracting its logits removes the forget knowledge from the
-target while leaving retain predictions untouched: a uniform assistant adds the same constant to every candidate.
+retain set (uniform next-token distribution there). A uniform assistant (equal logits c) shifts every candidate by the
+same -alpha * c, so generation, which decodes among the candidates only, is exactly the target's: greedy picks the
+target's top token (always a candidate), sampling draws from the target's distribution restricted to C. Scoring keeps
+non-candidates at l_target as the reference does, so there a uniform assistant with c != 0 moves probability between
+C and the rest.
 """
 
 from __future__ import annotations
@@ -24,16 +34,23 @@ from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogit
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 ULD_CONFIG_NAME = "uld_config.json"
+DEFAULT_ASSISTANT_WEIGHT = 0.8  # alpha: the authors' TOFU setting (bashes/tofu/uld_*.sh, model_mode.weight=-0.8)
+DEFAULT_CANDIDATE_THRESHOLD = 0.01  # tau: the authors' TOFU setting (model_mode.top_logit_filter=1e-2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The combination rule (pure functions of logits)
 
 
-def candidate_mask(target_logits: torch.Tensor, threshold: float = 0.01) -> torch.Tensor:
-    """The target's candidate tokens at each position: its top floor(tau * |V|) tokens and every token with
+def candidate_mask(target_logits: torch.Tensor, threshold: float = DEFAULT_CANDIDATE_THRESHOLD) -> torch.Tensor:
+    """The target's candidate tokens C at each position: its top floor(tau * |V|) tokens and every token with
     probability >= tau * (max probability), i.e. p >= min(p_(k), tau * p_max) with k = floor(tau * |V|)
-    (k = 0: tau * p_max alone; tau = 0: every token). Ties with the k-th token are kept. Boolean, same shape."""
+    (tau = 0: every token). Ties with the k-th token are kept. Boolean, same shape.
+
+    Reference: `relative_top_filter` in github.com/UCSB-NLP-Chang/ULD, `uld/model/gen_util.py` (DoLa's adaptive
+    plausibility filter with min_tokens_to_keep = int(tau * |V|)). Deliberate difference: when tau * |V| < 1 (k = 0,
+    only vocabularies under 1/tau tokens) the reference indexes the sorted log-probabilities at -1, the least likely
+    token, and so keeps every token; here k = 0 leaves the tau * p_max rule alone."""
     if not 0 <= threshold <= 1:
         raise ValueError(f"The candidate threshold tau must be in [0, 1], got {threshold}.")
     log_probs = target_logits.float().log_softmax(-1)
@@ -45,19 +62,43 @@ def candidate_mask(target_logits: torch.Tensor, threshold: float = 0.01) -> torc
     return log_probs >= bound
 
 
-def logit_difference(
-    target_logits: torch.Tensor, assistant_logits: torch.Tensor, weight: float = 0.75, threshold: float = 0.01
-) -> torch.Tensor:
-    """ULD's unlearned logits: l_target - alpha * l_assistant on the candidate set (`candidate_mask` with tau =
-    `threshold`), l_target elsewhere. Float32, the shape of the inputs."""
+def _checked(target_logits: torch.Tensor, assistant_logits: torch.Tensor) -> None:
     if target_logits.shape != assistant_logits.shape:
         raise ValueError(
             f"Target and assistant logits differ in shape: {tuple(target_logits.shape)} vs "
             f"{tuple(assistant_logits.shape)}; ULD needs both models on the same tokens and vocabulary."
         )
+
+
+def logit_difference(
+    target_logits: torch.Tensor,
+    assistant_logits: torch.Tensor,
+    weight: float = DEFAULT_ASSISTANT_WEIGHT,
+    threshold: float = DEFAULT_CANDIDATE_THRESHOLD,
+) -> torch.Tensor:
+    """ULD's scoring logits: l_target - alpha * l_assistant on the candidate set C (`candidate_mask` with tau =
+    `threshold`), l_target outside C, as `ContrastLLM.forward` in github.com/UCSB-NLP-Chang/ULD
+    (`uld/model/contrastllm.py`: the assistant's logits are zeroed outside C, then added with weight -alpha). Every
+    token keeps a finite probability, so any answer can be scored. Float32, the shape of the inputs."""
+    _checked(target_logits, assistant_logits)
     target_logits = target_logits.float()
     keep = candidate_mask(target_logits, threshold)
     return target_logits - weight * assistant_logits.float() * keep
+
+
+def generation_logits(
+    target_logits: torch.Tensor,
+    assistant_logits: torch.Tensor,
+    weight: float = DEFAULT_ASSISTANT_WEIGHT,
+    threshold: float = DEFAULT_CANDIDATE_THRESHOLD,
+) -> torch.Tensor:
+    """ULD's decoding logits: l_target - alpha * l_assistant on the candidate set C, -inf outside C, as the greedy
+    search of github.com/UCSB-NLP-Chang/ULD (`uld/model/gen_util.py`, `ContrastGenerationMixin.greedy_search`: tokens
+    outside C are set to -1e3 and excluded from the argmax). The assistant's offset can thus only reorder the target's
+    candidates, never promote a token the target finds implausible. Float32, the shape of the inputs."""
+    _checked(target_logits, assistant_logits)
+    keep = candidate_mask(target_logits, threshold)
+    return (target_logits.float() - weight * assistant_logits.float()).masked_fill(~keep, -math.inf)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -182,7 +223,11 @@ def _accepts(model, argument: str) -> bool:
 
 
 class ULDModel(nn.Module):
-    """The unlearned model of ULD: logits l_target - alpha * l_assistant on the target's candidate tokens.
+    """The unlearned model of ULD: the target minus alpha times the assistant on the target's candidate tokens C.
+
+    Scoring (`forward`, `ContrastLLM.forward` of github.com/UCSB-NLP-Chang/ULD): l_target - alpha * l_assistant on C,
+    l_target outside C. Generation (`generate`, `ContrastGenerationMixin.greedy_search` there): the same on C, tokens
+    outside C excluded. Defaults alpha = 0.8, tau = 0.01: the authors' TOFU settings (`bashes/tofu/uld_train.sh`).
 
     Call it like a causal LM (`input_ids`, `attention_mask`, `position_ids`, `past_key_values`, `use_cache`,
     `logits_to_keep`); `generate()` decodes greedily or by sampling with both KV caches; `save_pretrained` writes
@@ -194,7 +239,8 @@ class ULDModel(nn.Module):
         >>> uld.generate(**tokenizer(prompt, return_tensors="pt"), max_new_tokens=48)
     """
 
-    def __init__(self, target, assistant, assistant_weight: float = 0.75, candidate_threshold: float = 0.01):
+    def __init__(self, target, assistant, assistant_weight: float = DEFAULT_ASSISTANT_WEIGHT,
+                 candidate_threshold: float = DEFAULT_CANDIDATE_THRESHOLD):
         super().__init__()
         target_vocab, assistant_vocab = vocabulary_size(target), vocabulary_size(assistant)
         if target_vocab != assistant_vocab:
@@ -221,17 +267,8 @@ class ULDModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.target.parameters()).device
 
-    def forward(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values: ULDCache | None = None,
-        use_cache: bool | None = None,
-        logits_to_keep: int = 0,
-    ) -> CausalLMOutputWithPast:
-        """Both models on the same inputs, their logits combined by `logit_difference`; the returned
-        `past_key_values` is a `ULDCache` when caching."""
+    def _both(self, input_ids, attention_mask, position_ids, past_key_values, use_cache, logits_to_keep):
+        """Both models on the same inputs: (target logits, assistant logits, ULDCache or None)."""
         if past_key_values is not None and not isinstance(past_key_values, ULDCache):
             raise TypeError(
                 f"ULDModel takes the ULDCache it returned as past_key_values, got {type(past_key_values).__name__}."
@@ -246,11 +283,25 @@ class ULDModel(nn.Module):
             outputs.append(model(**kwargs))
         target_out, assistant_out = outputs
         keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
-        logits = logit_difference(target_out.logits[:, keep], assistant_out.logits[:, keep],
-                                  self.assistant_weight, self.candidate_threshold)
         cache = None
         if target_out.past_key_values is not None and assistant_out.past_key_values is not None:
             cache = ULDCache(target_out.past_key_values, assistant_out.past_key_values)
+        return target_out.logits[:, keep], assistant_out.logits[:, keep], cache
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: ULDCache | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+    ) -> CausalLMOutputWithPast:
+        """Both models on the same inputs, their logits combined by `logit_difference` (the scoring rule: non-candidate
+        tokens keep the target's logit); the returned `past_key_values` is a `ULDCache` when caching."""
+        target_logits, assistant_logits, cache = self._both(input_ids, attention_mask, position_ids, past_key_values,
+                                                            use_cache, logits_to_keep)
+        logits = logit_difference(target_logits, assistant_logits, self.assistant_weight, self.candidate_threshold)
         return CausalLMOutputWithPast(logits=logits, past_key_values=cache)
 
     # ----- generation ---------------------------------------------------------------------------------------------
@@ -273,7 +324,12 @@ class ULDModel(nn.Module):
     ) -> torch.LongTensor:
         """Decode left-padded prompts like `generate()` of a decoder-only model: greedy, or sampling with
         temperature / top-k / top-p (`generator` makes it reproducible); unset arguments come from the target's
-        generation config. Returns prompt + new tokens, finished rows padded with `pad_token_id`."""
+        generation config. Returns prompt + new tokens, finished rows padded with `pad_token_id`.
+
+        Each step decodes from `generation_logits`: l_target - alpha * l_assistant on the target's candidates, the
+        other tokens excluded, as the reference's greedy search does. Sampling warps these same logits, so it draws
+        from the candidates only (the reference's `sample` cannot run with the candidate filter on: it unpacks two of
+        `relative_top_filter`'s three results; the greedy rule is the one it defines)."""
         ignorable = {"num_beams": 1, "num_return_sequences": 1, "output_scores": False,
                      "return_dict_in_generate": False}
         bad = sorted(k for k, v in unsupported.items() if k not in ignorable or v != ignorable[k])
@@ -313,13 +369,11 @@ class ULDModel(nn.Module):
         cache, step_ids, step_positions = None, input_ids, positions
         for _ in range(max(0, max_new_tokens)):
             if use_cache:
-                out = self(input_ids=step_ids, attention_mask=mask, position_ids=step_positions,
-                           past_key_values=cache, use_cache=True, logits_to_keep=1)
-                cache = out.past_key_values
+                target_logits, assistant_logits, cache = self._both(step_ids, mask, step_positions, cache, True, 1)
             else:
-                out = self(input_ids=sequences, attention_mask=mask, position_ids=positions, use_cache=False,
-                           logits_to_keep=1)
-            logits = out.logits[:, -1]
+                target_logits, assistant_logits, _ = self._both(sequences, mask, positions, None, False, 1)
+            logits = generation_logits(target_logits[:, -1], assistant_logits[:, -1], self.assistant_weight,
+                                       self.candidate_threshold)
             if sample:
                 probs = warpers(sequences, logits).softmax(-1)
                 tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -7,7 +7,18 @@ from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from hf_unlearn.data import load_tofu_split
-from hf_unlearn.trainers import FLATConfig, FLATTrainer, GradDiffConfig, GradDiffTrainer, NPOConfig, NPOTrainer
+from hf_unlearn.trainers import (
+    FLATConfig,
+    FLATTrainer,
+    GradDiffConfig,
+    GradDiffTrainer,
+    NPOConfig,
+    NPOTrainer,
+    RMUConfig,
+    RMUTrainer,
+    SimNPOConfig,
+    SimNPOTrainer,
+)
 
 
 def _load(embedded):
@@ -98,6 +109,45 @@ def test_peft_reference_is_the_adapter_disabled_base(embedded, tmp_path):
     assert not torch.allclose(adapted, expected, atol=1e-4)  # the adapter is back on outside the context
 
 
+def test_rmu_on_a_32_layer_model_steers_layer_7_and_trains_the_down_projections_of_5_to_7(embedded, tmp_path):
+    # The WMDP release's defaults (rmu/unlearn.py: layer_id 7, layer_ids 5,6,7, param_ids 6, steering_coeffs 20,
+    # alpha 100); the old default steered layer 32 // 4 = 8 and trained 6-8, with an adaptive c and alpha 1.
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded.finetuned_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=32,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    forget, retain = _splits(embedded, 4, 4)
+    args = _args(RMUConfig, tmp_path)
+    assert (args.steering_coeff, args.alpha, args.steering_scale) == (20.0, 100.0, None)
+    trainer = RMUTrainer(model=model, args=args, forget_dataset=forget, retain_dataset=retain,
+                         processing_class=tokenizer)
+    assert trainer.layer == 7
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable == {f"model.layers.{i}.mlp.down_proj.weight" for i in (5, 6, 7)}
+    assert trainer.steering_vector.norm().item() == pytest.approx(20.0, rel=1e-5)
+    assert (trainer.steering_vector >= 0).all()  # a direction drawn from U[0, 1)^d, as torch.rand in the reference
+    batch = next(iter(trainer.get_train_dataloader()))
+    loss, metrics = trainer.unlearning_loss(trainer.model, batch)
+    assert torch.isfinite(loss) and metrics["retain_rmu"].item() == pytest.approx(0.0, abs=1e-6)  # nothing trained yet
+
+
+def test_simnpo_with_a_kl_retain_term_keeps_a_reference(embedded, tmp_path):
+    model, tokenizer = _load(embedded)
+    forget, retain = _splits(embedded, 4, 4)
+    plain = SimNPOTrainer(model=model, args=_args(SimNPOConfig, tmp_path), forget_dataset=forget,
+                          retain_dataset=retain, processing_class=tokenizer)
+    assert plain.ref_model is None
+    kl = SimNPOTrainer(model=model, args=_args(SimNPOConfig, tmp_path, retain_loss_type="kl"), forget_dataset=forget,
+                       retain_dataset=retain, processing_class=tokenizer)
+    assert kl.ref_model is not None
+    batch = next(iter(kl.get_train_dataloader()))
+    _, metrics = kl.unlearning_loss(kl.model, batch)
+    assert metrics["retain_loss"].item() == pytest.approx(0.0, abs=1e-6)  # the model is still its reference
+
+
 def test_full_model_reference_is_a_frozen_copy(embedded, tmp_path):
     model, tokenizer = _load(embedded)
     forget, retain = _splits(embedded, 8, 8)
@@ -125,6 +175,8 @@ def test_bad_input_fails_before_training(embedded, tmp_path):
         _args(FLATConfig, tmp_path, divergence="hellinger")
     with pytest.raises(ValueError, match="retain_loss_type"):
         _args(GradDiffConfig, tmp_path, retain_loss_type="mse")
+    with pytest.raises(ValueError, match="kl_positions"):
+        _args(NPOConfig, tmp_path, retain_loss_type="kl", kl_positions="prompt")
     with pytest.raises(ValueError, match="stop_at_forget_prob must be in \\(0, 1\\)"):
         _args(FLATConfig, tmp_path, stop_at_forget_prob=1.5)
     with pytest.raises(ValueError, match="stop_check_steps must be at least 1"):

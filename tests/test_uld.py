@@ -1,5 +1,6 @@
-"""ULD: the uniform loss and the combination rule on hand-made logits, the assistant builder on several
-architectures, ULDModel's generation (cached == uncached), saving and loading, the trainer, and clear errors."""
+"""ULD: the uniform loss and the combination rules (scoring, generation) on hand-made logits, the assistant builder on
+several architectures, ULDModel's generation (cached == uncached, a uniform assistant changes nothing), saving and
+loading, the trainer (no evaluated answer in its data, explicit augmentations), and clear errors."""
 
 import math
 
@@ -10,11 +11,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hf_unlearn.data import load_tofu_split
 from hf_unlearn.eval.generation import generate_answers
 from hf_unlearn.eval.scoring import score_answers
+from hf_unlearn.data.formatting import IGNORE_INDEX, tokenize_qa
 from hf_unlearn.trainers.uld import ULDConfig, ULDTrainer, uld_loss, uniform_loss
 from hf_unlearn.uld_model import (
     ULDModel,
     build_assistant,
     candidate_mask,
+    generation_logits,
     logit_difference,
     resolve_num_layers,
     truncate_model,
@@ -72,6 +75,23 @@ def test_logit_difference_subtracts_the_assistant_on_candidates_only():
     assert torch.equal(combined, expected)
     with pytest.raises(ValueError, match="same tokens and vocabulary"):
         logit_difference(target, assistant[:, :100])
+
+
+def test_generation_never_promotes_a_token_outside_the_candidate_set():
+    # |V| = 50, tau = 0.01: k = 0, candidates {0, 1} (ratios 1 and 0.5); token 2 (ratio 0.005) is not one.
+    target = _logits_with_ratios(50, {1: 0.5, 2: 0.005})[None]
+    assistant = torch.zeros(1, 50)
+    assistant[0, :2] = 10.0  # the assistant raises both candidates alike (it is uniform on them)
+    # Scoring keeps l_target outside C (the reference's forward): token 2 (14.7) now outranks 12.0 and 11.3 ...
+    assert logit_difference(target, assistant, weight=0.8).argmax().item() == 2
+    # ... generation (the reference's greedy search) excludes it: the target's own top token stays on top.
+    decoded = generation_logits(target, assistant, weight=0.8)
+    assert decoded.argmax().item() == 0
+    assert torch.isinf(decoded[0, 2:]).all() and (decoded[0, 2:] < 0).all()
+    assert torch.allclose(decoded[0, :2], target[0, :2] - 8.0)
+    # with a uniform assistant, sampling draws from the target's distribution restricted to its candidates
+    restricted = target[0].softmax(-1) * candidate_mask(target[0])
+    assert torch.allclose(decoded[0].softmax(-1), restricted / restricted.sum(), atol=1e-6)
 
 
 def test_assistant_depth_is_a_fraction_or_a_count():
@@ -174,6 +194,37 @@ def test_generation_with_both_caches_equals_generation_without(finetuned):
     assert not torch.equal(sampled[0], cached)
 
 
+class _ConstantAssistant(torch.nn.Module):
+    """An assistant that knows nothing: the same logit `value` for every token at every position."""
+
+    def __init__(self, vocab_size: int, value: float):
+        super().__init__()
+        self.head = torch.nn.Linear(1, vocab_size, bias=False)
+        self.value = value
+
+    def get_output_embeddings(self):
+        return self.head
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None):
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        logits = torch.full((*input_ids.shape, self.head.out_features), self.value)
+        return CausalLMOutputWithPast(logits=logits)
+
+
+def test_a_uniform_assistant_leaves_generation_exactly_the_targets(finetuned):
+    target, tokenizer = finetuned
+    uld = ULDModel(target, _ConstantAssistant(target.config.vocab_size, 30.0), assistant_weight=0.8).eval()
+    batch = _prompts(tokenizer)
+    kwargs = dict(max_new_tokens=16, pad_token_id=tokenizer.pad_token_id, do_sample=False)
+    # the case this guards: under the scoring rule the offset (-24 on every candidate) puts a non-candidate on top
+    with torch.no_grad():
+        scored = uld(**batch).logits[:, -1].argmax(-1)
+        original = target(**batch).logits[:, -1].argmax(-1)
+    assert (scored != original).any()
+    assert torch.equal(uld.generate(**batch, use_cache=False, **kwargs), target.generate(**batch, **kwargs))
+
+
 def test_with_weight_zero_it_generates_exactly_what_the_target_generates(finetuned):
     uld, tokenizer = _uld(finetuned, weight=0.0)
     batch = _prompts(tokenizer)
@@ -263,8 +314,7 @@ def test_trainer_trains_only_the_assistant_adapter_and_saves_a_loadable_uld_mode
     retain = load_tofu_split(embedded.data_dir, "retain90").select(range(16))
     trainer = ULDTrainer(target, _args(tmp_path), forget_dataset=forget, retain_dataset=retain,
                          processing_class=tokenizer)
-    item = trainer.train_dataset[0]
-    assert set(item) == {"forget", "paraphrased", "perturbed", "retain"}
+    assert set(trainer.train_dataset[0]) == {"forget", "retain"}  # no augmentation unless a column is named
     lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
     assert all(torch.equal(p, target_before[n]) for n, p in target.named_parameters())
@@ -278,10 +328,61 @@ def test_trainer_trains_only_the_assistant_adapter_and_saves_a_loadable_uld_mode
     with torch.no_grad():
         assert torch.allclose(loaded(**batch).logits, trainer.uld_model().eval()(**batch).logits, atol=1e-5)
 
-    plain = ULDTrainer(AutoModelForCausalLM.from_pretrained(embedded.finetuned_dir), _args(tmp_path),
-                       forget_dataset=load_tofu_split(embedded.data_dir, "forget10").select(range(8)),
-                       retain_dataset=retain, processing_class=tokenizer)
-    assert set(plain.train_dataset[0]) == {"forget", "retain"}  # no paraphrased/perturbed columns: not used
     with pytest.raises(ValueError, match="retain_dataset"):
         ULDTrainer(AutoModelForCausalLM.from_pretrained(embedded.finetuned_dir), _args(tmp_path),
                    forget_dataset=forget, processing_class=tokenizer)
+
+
+def _answer_tokens(example: dict) -> tuple[int, ...]:
+    return tuple(t for t in example["labels"] if t != IGNORE_INDEX)
+
+
+def test_the_assistant_never_trains_on_an_answer_the_evaluation_scores(embedded, finetuned, tmp_path):
+    """TOFU's truth ratio scores `paraphrased_answer` and every `perturbed_answer` (hf_unlearn.eval.tofu); the
+    assistant trained on them would inflate forget quality. With the evaluated split itself as forget data, none of
+    those answers may reach its training rows."""
+    target, tokenizer = finetuned
+    forget = load_tofu_split(embedded.data_dir, "forget10_perturbed")
+    retain = load_tofu_split(embedded.data_dir, "retain90")
+    trainer = ULDTrainer(target, _args(tmp_path), forget_dataset=forget, retain_dataset=retain,
+                         processing_class=tokenizer)
+    trained = {_answer_tokens(view) for item in trainer.train_dataset.forget for view in item.values()}
+    trained |= {_answer_tokens(example) for example in trainer.train_dataset.retain}
+    scored = set()
+    for split in ("forget10_perturbed", "retain_perturbed", "holdout10_perturbed"):
+        for row in load_tofu_split(embedded.data_dir, split):
+            for answer in [row["paraphrased_answer"], *row["perturbed_answer"]]:
+                scored.add(_answer_tokens(tokenize_qa(tokenizer, row["question"], answer, 256)))
+    assert len(trained) > len(forget) and len(scored) > 6 * len(forget)
+    assert not trained & scored
+
+
+def test_augmentations_come_from_named_columns_and_never_from_scored_answers(finetuned, tmp_path):
+    target, tokenizer = finetuned
+    rows = [{"question": q, "answer": f"{q} The answer is {i}.", "paraphrased_answer": f"It is {i}.",
+             "perturbed_answer": [f"It is {i + 1}.", f"It is {i + 2}."],
+             "rephrased": [f"{i} is the answer.", {"question": f"Tell me: {q}", "answer": f"It was {i}."}],
+             "wrong": f"The answer is {i + 7}."}
+            for i, q in enumerate(QUESTIONS)]
+    retain = [{"question": "Who is Zanis?", "answer": "Zanis is a poet."}] * 4
+    args = _args(tmp_path, positive_augmentation_column="rephrased", negative_augmentation_column="wrong",
+                 max_steps=1, per_device_train_batch_size=3)
+    trainer = ULDTrainer(target, args, forget_dataset=rows, retain_dataset=retain, processing_class=tokenizer)
+    item = trainer.train_dataset[0]
+    assert set(item) == {"forget", "positive_0", "positive_1", "negative_0", "negative_1", "retain"}
+    expected = {_answer_tokens(tokenize_qa(tokenizer, QUESTIONS[0], "0 is the answer.", 256)),
+                _answer_tokens(tokenize_qa(tokenizer, f"Tell me: {QUESTIONS[0]}", "It was 0.", 256))}
+    assert {_answer_tokens(item["positive_0"]), _answer_tokens(item["positive_1"])} == expected
+    assert _answer_tokens(item["negative_0"]) == _answer_tokens(item["negative_1"])  # one wrong answer, cycled
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+    for column in ("paraphrased_answer", "perturbed_answer"):
+        with pytest.raises(ValueError, match="truth ratio scores.*leaks the test set"):
+            _args(tmp_path, positive_augmentation_column=column)
+    leaky = [dict(r, rephrased=r["perturbed_answer"][:1]) for r in rows]
+    with pytest.raises(ValueError, match="repeats an answer the TOFU truth ratio scores"):
+        ULDTrainer(target, args, forget_dataset=leaky, retain_dataset=retain, processing_class=tokenizer)
+    with pytest.raises(ValueError, match="no column 'wrong'"):
+        ULDTrainer(target, args, forget_dataset=[{k: v for k, v in r.items() if k != "wrong"} for r in rows],
+                   retain_dataset=retain, processing_class=tokenizer)

@@ -31,12 +31,16 @@ def test_tofu_uld_with_its_embedded_defaults_forgets_and_keeps_utility(embedded,
     result = _recipe_main()(["--output_dir", str(tmp_path / "run"), "--report_to", "none", "--save_strategy", "no",
                              "--disable_tqdm", "true", "--seed", str(train_seed)], method="uld")
     before, after = result["results"]["finetuned"], result["results"]["uld"]
-    # measured on build seeds 0 and 1 x seeds 0-2 (lr 2e-3, the embedded default):
-    assert after["forget_rougeL_recall"] < 0.5 * before["forget_rougeL_recall"]  # 1.00 -> 0.21-0.34
+    keys = ("forget_rougeL_recall", "forget_prob", "model_utility", "retain_rougeL_recall", "forget_quality")
+    print({k: (before[k], after[k]) for k in keys})  # shown with `pytest -s`
+    # measured on build seeds 0 and 1 x seeds 0-2 (lr 2e-3, the embedded default); after generation kept to the
+    # target's candidates (alpha 1.0, 200-token answers), on the current build, seeds 0 / 1: ROUGE-L 0.37 / 0.31,
+    # probability 0.0115 / 0.0119, utility 0.966 / 0.967 x, retain ROUGE-L 0.998, forget quality 0.16 / 0.25
+    assert after["forget_rougeL_recall"] < 0.5 * before["forget_rougeL_recall"]  # 1.00 -> 0.21-0.37
     assert after["forget_prob"] < 0.1 * before["forget_prob"]  # 1.00 -> 0.010-0.015
     assert after["model_utility"] > 0.9 * before["model_utility"]  # 0.93-0.99 x
     assert after["retain_rougeL_recall"] > 0.95  # 1.00 (the retain authors' answers are untouched)
-    assert after["forget_quality"] > 100 * before["forget_quality"]  # 3.5e-15 -> 4e-4..0.018
+    assert after["forget_quality"] > 100 * before["forget_quality"]  # 3.5e-15 -> 4e-4..0.25
 
     # the saved folder is a ULD model: it reloads (target from its path) and answers as the evaluated one did
     folder = tmp_path / "run" / "model"
@@ -45,7 +49,8 @@ def test_tofu_uld_with_its_embedded_defaults_forgets_and_keeps_utility(embedded,
     report = json.loads(Path(result["report"]["json"]).read_text())
     questions = [json.loads(line)["question"] for line in (embedded.data_dir / "forget10_perturbed.json").open()][:8]
     expected = report["results"]["uld"]["per_item"]["forget_generation"][:8]
-    answers = generate_answers(loaded, tokenizer, questions, max_new_tokens=48)
+    max_new_tokens = report["results"]["uld"]["settings"]["max_new_tokens"]  # what the evaluation generated with
+    answers = generate_answers(loaded, tokenizer, questions, max_new_tokens=max_new_tokens)
     assert sum(a == e for a, e in zip(answers, expected)) >= 7  # other batching than the evaluation's: allow a near-tie
 
 

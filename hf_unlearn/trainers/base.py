@@ -50,8 +50,8 @@ class UnlearnConfig(TrainingArguments):
             Split of never-trained examples for membership-inference AUCs.
         eval_reference (`str`, *optional*):
             Path to the retain model's saved evaluation JSON, for forget quality and PrivLeak.
-        eval_max_new_tokens (`int`, defaults to `48`):
-            Generation length for ROUGE.
+        eval_max_new_tokens (`int`, defaults to `200`):
+            Generation length for ROUGE (answers end at EOS; 200 as open-unlearning, `TOFU_MAX_NEW_TOKENS`).
         eval_max_items (`int`, *optional*):
             Evaluate only the first N items of every set (quick runs); all items when unset.
 
@@ -75,7 +75,7 @@ class UnlearnConfig(TrainingArguments):
     eval_forget_split: str = field(default="forget10", metadata={"help": "Forget split evaluated."})
     eval_holdout_split: str | None = field(default=None, metadata={"help": "Holdout split for MIA AUCs."})
     eval_reference: str | None = field(default=None, metadata={"help": "Retain model's saved evaluation JSON."})
-    eval_max_new_tokens: int = field(default=48, metadata={"help": "Generation length for ROUGE."})
+    eval_max_new_tokens: int = field(default=200, metadata={"help": "Generation length for ROUGE."})
     eval_max_items: int | None = field(default=None, metadata={"help": "Evaluate only the first N items of a set."})
     stop_at_forget_prob: float | None = field(
         default=None, metadata={"help": "End training once the forget rows' mean answer probability is at most this."}

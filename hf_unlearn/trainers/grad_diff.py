@@ -1,4 +1,7 @@
-"""Gradient difference: ascend on the forget set, descend on the retain set (Liu et al., 2022)."""
+"""Gradient difference: ascend on the forget set, descend on the retain set (Liu et al., 2022).
+
+Reference: locuslab/open-unlearning, `src/trainer/unlearn/grad_diff.py` (defaults: `configs/trainer/GradDiff.yaml`).
+"""
 
 from __future__ import annotations
 
@@ -7,45 +10,67 @@ from dataclasses import dataclass, field
 import torch
 
 from .base import UnlearnConfig, UnlearnTrainer
-from .losses import kl_to_reference, nll
+from .losses import KL_POSITIONS, kl_to_reference, nll
+
+RETAIN_LOSS_TYPES = ("nll", "kl")
+
+
+def check_retain_options(config) -> None:
+    """Validate `retain_loss_type` and `kl_positions` of a config that has them."""
+    if config.retain_loss_type not in RETAIN_LOSS_TYPES:
+        raise ValueError(f"retain_loss_type must be 'nll' or 'kl', got {config.retain_loss_type!r}.")
+    if config.kl_positions not in KL_POSITIONS:
+        raise ValueError(f"kl_positions must be 'all' or 'answer', got {config.kl_positions!r}.")
 
 
 def gradient_difference_loss(
     forget_nll: torch.Tensor, retain_term: torch.Tensor, gamma: float = 1.0, alpha: float = 1.0
 ) -> torch.Tensor:
-    """L = gamma * (-NLL(D_f)) + alpha * R(D_r), with R the retain NLL or KL(pi_ref || pi_theta)."""
+    """L = gamma * (-NLL(D_f)) + alpha * R(D_r), with R the retain NLL or KL(pi_ref || pi_theta).
+
+    NLL is the mean over every answer token of the batch (Hugging Face's causal-LM `outputs.loss`), as in
+    open-unlearning's `GradDiff.compute_loss`."""
     return -gamma * forget_nll + alpha * retain_term
 
 
 @dataclass
 class GradDiffConfig(UnlearnConfig):
     r"""
-    Configuration for `GradDiffTrainer`.
+    Configuration for `GradDiffTrainer` (defaults: open-unlearning's `configs/trainer/GradDiff.yaml`).
 
     Parameters:
         gamma (`float`, defaults to `1.0`): weight of the forget (ascent) term.
         alpha (`float`, defaults to `1.0`): weight of the retain term.
-        retain_loss_type (`str`, defaults to `"nll"`): `"nll"` (retain cross-entropy) or `"kl"` (KL(pi_ref || pi_theta)
-            on retain data; needs the reference model).
+        retain_loss_type (`str`, defaults to `"nll"`): the retain term R. `"nll"`: the retain answers' mean token NLL
+            (open-unlearning's `NLL`); `"kl"`: KL(pi_ref || pi_theta) to the frozen reference on the retain batch
+            (open-unlearning's `KL`; needs the reference model).
+        kl_positions (`str`, defaults to `"all"`): where the `"kl"` retain term is taken. `"all"`, as open-unlearning's
+            `compute_kl_divergence`: every position of the padded retain batch (prompt and padding included), summed
+            over the vocabulary and divided by batch x length; `"answer"`: averaged over the positions that predict
+            an answer token only (see `losses.kl_to_reference`).
     """
 
     gamma: float = field(default=1.0, metadata={"help": "Weight of the forget term."})
     alpha: float = field(default=1.0, metadata={"help": "Weight of the retain term."})
     retain_loss_type: str = field(default="nll", metadata={"help": "Retain term: nll or kl."})
+    kl_positions: str = field(
+        default="all", metadata={"help": "KL retain term over all positions (reference) or answer positions."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
-        if self.retain_loss_type not in ("nll", "kl"):
-            raise ValueError(f"retain_loss_type must be 'nll' or 'kl', got {self.retain_loss_type!r}.")
+        check_retain_options(self)
 
 
-def retain_term(trainer: UnlearnTrainer, model, retain: dict, loss_type: str) -> torch.Tensor:
-    """The retain loss shared by GradDiff, NPO and SimNPO: NLL, or KL to the reference model."""
+def retain_term(
+    trainer: UnlearnTrainer, model, retain: dict, loss_type: str, kl_positions: str = "all"
+) -> torch.Tensor:
+    """The retain loss shared by GradDiff, NPO, SimNPO and IdkDPO: NLL, or KL to the reference model."""
     logits = trainer.forward(model, retain).logits
     if loss_type == "nll":
         return nll(logits, retain["labels"])
     ref_logits = trainer.reference_forward(model, retain).logits
-    return kl_to_reference(logits, ref_logits, retain["labels"])
+    return kl_to_reference(logits, ref_logits, retain["labels"], positions=kl_positions)
 
 
 class GradDiffTrainer(UnlearnTrainer):
@@ -57,6 +82,6 @@ class GradDiffTrainer(UnlearnTrainer):
     def unlearning_loss(self, model, inputs):
         forget = inputs["forget"]
         forget_nll = nll(self.forward(model, forget).logits, forget["labels"])
-        retain = retain_term(self, model, inputs["retain"], self.args.retain_loss_type)
+        retain = retain_term(self, model, inputs["retain"], self.args.retain_loss_type, self.args.kl_positions)
         loss = gradient_difference_loss(forget_nll, retain, self.args.gamma, self.args.alpha)
         return loss, {"forget_nll": forget_nll, "retain_loss": retain}

@@ -1,5 +1,9 @@
 """IdkDPO (Maini et al., 2024): DPO with a refusal ("I don't know") as the preferred answer and the forget answer as
-the rejected one, plus a retain NLL term."""
+the rejected one, plus a retain term.
+
+Reference: locuslab/open-unlearning, `src/trainer/unlearn/dpo.py` with `compute_dpo_loss` in `src/trainer/utils.py`
+(defaults: `configs/trainer/DPO.yaml`).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import RefusalTemplateMixin, UnlearnConfig, UnlearnTrainer
-from .grad_diff import retain_term
+from .grad_diff import check_retain_options, retain_term
 from .losses import sequence_log_prob
 
 
@@ -17,7 +21,7 @@ def dpo_loss(
     chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, beta: float
 ) -> torch.Tensor:
     """L = -(2/beta) * mean log sigmoid(beta * ((log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))))
-    (DPO scaled by 2/beta as NPO is, following open-unlearning)."""
+    over whole-answer (summed) log-probs: DPO scaled by 2/beta, as open-unlearning's `compute_dpo_loss`."""
     margin = (chosen - ref_chosen) - (rejected - ref_rejected)
     return -(2.0 / beta) * F.logsigmoid(beta * margin).mean()
 
@@ -25,19 +29,29 @@ def dpo_loss(
 @dataclass
 class IdkDPOConfig(UnlearnConfig):
     r"""
-    Configuration for `IdkDPOTrainer`.
+    Configuration for `IdkDPOTrainer` (defaults: open-unlearning's `configs/trainer/DPO.yaml`).
 
     Parameters:
         beta (`float`, defaults to `0.1`): DPO inverse temperature.
         gamma (`float`, defaults to `1.0`): weight of the DPO term.
-        alpha (`float`, defaults to `1.0`): weight of the retain NLL term; `0` trains on the forget set only.
+        alpha (`float`, defaults to `1.0`): weight of the retain term; `0` trains on the forget set only.
+        retain_loss_type (`str`, defaults to `"nll"`): `"nll"` or `"kl"`, as in `GradDiffConfig`.
+        kl_positions (`str`, defaults to `"all"`): positions of the `"kl"` retain term, as in `GradDiffConfig`.
         template_file (`str`, *optional*): refusal templates, one per line; the package's templates when unset.
     """
 
     beta: float = field(default=0.1, metadata={"help": "DPO inverse temperature."})
     gamma: float = field(default=1.0, metadata={"help": "Weight of the DPO term."})
-    alpha: float = field(default=1.0, metadata={"help": "Weight of the retain NLL term (0: none)."})
+    alpha: float = field(default=1.0, metadata={"help": "Weight of the retain term (0: none)."})
+    retain_loss_type: str = field(default="nll", metadata={"help": "Retain term: nll or kl."})
+    kl_positions: str = field(
+        default="all", metadata={"help": "KL retain term over all positions (reference) or answer positions."}
+    )
     template_file: str | None = field(default=None, metadata={"help": "Refusal templates, one per line."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_retain_options(self)
 
 
 class IdkDPOTrainer(RefusalTemplateMixin, UnlearnTrainer):
@@ -57,7 +71,7 @@ class IdkDPOTrainer(RefusalTemplateMixin, UnlearnTrainer):
         loss = self.args.gamma * forget_loss
         metrics = {"forget_dpo": forget_loss}
         if self.args.alpha > 0:
-            retain = retain_term(self, model, inputs["retain"], "nll")
+            retain = retain_term(self, model, inputs["retain"], self.args.retain_loss_type, self.args.kl_positions)
             loss = loss + self.args.alpha * retain
             metrics["retain_loss"] = retain
         return loss, metrics

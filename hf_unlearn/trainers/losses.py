@@ -49,12 +49,27 @@ def nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
-def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """KL(pi_ref || pi_theta) of next-token distributions, averaged over answer positions."""
-    logits, labels = shift_for_next_token(logits, labels)
-    ref_logits = ref_logits[:, :-1, :]
-    mask = labels != IGNORE_INDEX
+KL_POSITIONS = ("all", "answer")
+
+
+def kl_to_reference(
+    logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, positions: str = "all"
+) -> torch.Tensor:
+    """KL(pi_ref || pi_theta) = sum_v pi_ref(v) (log pi_ref(v) - log pi_theta(v)) of the models' output distributions.
+
+    `positions="all"` (default) is open-unlearning's `compute_kl_divergence` (locuslab/open-unlearning,
+    `src/trainer/utils.py`): `kl_div(log_softmax(logits), log_softmax(ref_logits), reduction="batchmean",
+    log_target=True)` on the logits flattened to (batch * length, vocab), i.e. the KL summed over *every* position of
+    the padded batch (prompt, answer, padding and the last position alike) and divided by batch * length.
+    `positions="answer"` (this library's earlier definition) averages it over the positions that predict an answer
+    token only (labels != -100 at t+1).
+    """
+    if positions not in KL_POSITIONS:
+        raise ValueError(f"positions must be one of {KL_POSITIONS}, got {positions!r}.")
     log_p = torch.log_softmax(logits.float(), dim=-1)
     log_ref = torch.log_softmax(ref_logits.float(), dim=-1)
-    kl = (log_ref.exp() * (log_ref - log_p)).sum(-1)
-    return (kl * mask).sum() / mask.sum().clamp(min=1)
+    kl = (log_ref.exp() * (log_ref - log_p)).sum(-1)  # (batch, length)
+    if positions == "all":
+        return kl.sum() / kl.numel()
+    mask = shift_for_next_token(logits, labels)[1] != IGNORE_INDEX
+    return (kl[:, :-1] * mask).sum() / mask.sum().clamp(min=1)

@@ -1,4 +1,8 @@
-"""Negative Preference Optimization (Zhang et al., 2024): DPO with only a rejected answer, against the reference."""
+"""Negative Preference Optimization (Zhang et al., 2024): DPO with only a rejected answer, against the reference.
+
+Reference: locuslab/open-unlearning, `src/trainer/unlearn/npo.py` with `compute_dpo_loss(win_inputs=None)` and
+`compute_batch_nll` in `src/trainer/utils.py` (defaults: `configs/trainer/NPO.yaml`).
+"""
 
 from __future__ import annotations
 
@@ -8,31 +12,44 @@ import torch
 import torch.nn.functional as F
 
 from .base import UnlearnConfig, UnlearnTrainer
-from .grad_diff import retain_term
+from .grad_diff import check_retain_options, retain_term
 from .losses import sequence_log_prob
 
 
 def npo_loss(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
-    """L = -(2/beta) * mean log sigmoid(-beta * (log pi_theta(y|x) - log pi_ref(y|x))), over whole answers."""
+    """L = -(2/beta) * mean_i log sigmoid(-beta * (log pi_theta(y_i|x_i) - log pi_ref(y_i|x_i))).
+
+    `log_prob`/`ref_log_prob` are whole-answer log-probabilities (the *sum* over answer tokens, shape (batch,)), the
+    negated `compute_batch_nll` of open-unlearning; the mean is over the examples of the batch."""
     return -(2.0 / beta) * F.logsigmoid(-beta * (log_prob - ref_log_prob)).mean()
 
 
 @dataclass
 class NPOConfig(UnlearnConfig):
     r"""
-    Configuration for `NPOTrainer`.
+    Configuration for `NPOTrainer` (defaults: open-unlearning's `configs/trainer/NPO.yaml`).
 
     Parameters:
         beta (`float`, defaults to `0.1`): inverse temperature of the NPO loss.
         gamma (`float`, defaults to `1.0`): weight of the NPO forget term.
         alpha (`float`, defaults to `1.0`): weight of the retain term; `0` trains on the forget set only.
-        retain_loss_type (`str`, defaults to `"nll"`): `"nll"` or `"kl"` (KL(pi_ref || pi_theta) on retain data).
+        retain_loss_type (`str`, defaults to `"nll"`): `"nll"` or `"kl"` (KL(pi_ref || pi_theta) on retain data), as
+            in `GradDiffConfig`.
+        kl_positions (`str`, defaults to `"all"`): positions of the `"kl"` retain term, as in `GradDiffConfig`
+            (`"all"`: open-unlearning's; `"answer"`: answer-predicting positions only).
     """
 
     beta: float = field(default=0.1, metadata={"help": "Inverse temperature."})
     gamma: float = field(default=1.0, metadata={"help": "Weight of the forget term."})
     alpha: float = field(default=1.0, metadata={"help": "Weight of the retain term (0: none)."})
     retain_loss_type: str = field(default="nll", metadata={"help": "Retain term: nll or kl."})
+    kl_positions: str = field(
+        default="all", metadata={"help": "KL retain term over all positions (reference) or answer positions."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_retain_options(self)
 
 
 class NPOTrainer(UnlearnTrainer):
@@ -50,7 +67,7 @@ class NPOTrainer(UnlearnTrainer):
         metrics = {"forget_npo": forget_loss, "forget_log_ratio": (log_prob - ref_log_prob).mean()}
         loss = self.args.gamma * forget_loss
         if self.args.alpha > 0:
-            retain = retain_term(self, model, inputs["retain"], self.args.retain_loss_type)
+            retain = retain_term(self, model, inputs["retain"], self.args.retain_loss_type, self.args.kl_positions)
             loss = loss + self.args.alpha * retain
             metrics["retain_loss"] = retain
         return loss, metrics

@@ -1,4 +1,8 @@
-"""SimNPO (Fan et al., 2024): length-normalised NPO without a reference model."""
+"""SimNPO (Fan et al., 2024): length-normalised NPO without a reference model.
+
+Reference: locuslab/open-unlearning, `src/trainer/unlearn/simnpo.py` (defaults: `configs/trainer/SimNPO.yaml`), which
+follows the authors' code (OPTML-Group/Unlearn-Simple, `TOFU/dataloader.py`, loss types `simnpo`/`simnpo_grad_diff`).
+"""
 
 from __future__ import annotations
 
@@ -8,31 +12,47 @@ import torch
 import torch.nn.functional as F
 
 from .base import UnlearnConfig, UnlearnTrainer
-from .grad_diff import retain_term
+from .grad_diff import check_retain_options, retain_term
 from .losses import mean_token_log_prob
 
 
-def simnpo_loss(mean_log_prob: torch.Tensor, beta: float = 4.5, margin: float = 0.0) -> torch.Tensor:
-    """L = -(2/beta) * mean log sigmoid(-(beta/|y|) log pi_theta(y|x) - margin)."""
-    return -(2.0 / beta) * F.logsigmoid(-beta * mean_log_prob - margin).mean()
+def simnpo_loss(mean_log_prob: torch.Tensor, beta: float = 4.5, delta: float = 0.0) -> torch.Tensor:
+    """L = -(2/beta) * mean_i log sigmoid(beta * (NLL_i / |y_i| - delta)), with NLL_i / |y_i| = -mean_log_prob_i.
+
+    As the reference writes it: `-logsigmoid(beta * (nll_sum / |y| - delta)).mean() * 2 / beta`. The margin thus
+    enters multiplied by beta: the paper's form -(2/beta) log sigmoid(-(beta/|y|) log pi(y|x) - gamma) has
+    gamma = beta * delta."""
+    return -(2.0 / beta) * F.logsigmoid(beta * (-mean_log_prob - delta)).mean()
 
 
 @dataclass
 class SimNPOConfig(UnlearnConfig):
     r"""
-    Configuration for `SimNPOTrainer` (defaults from open-unlearning's TOFU setting).
+    Configuration for `SimNPOTrainer` (defaults: open-unlearning's `configs/trainer/SimNPO.yaml`, its TOFU setting;
+    the authors' TOFU config has beta 2.5 and forget weight 0.1375).
 
     Parameters:
         beta (`float`, defaults to `4.5`): inverse temperature.
-        margin (`float`, defaults to `0.0`): the reward margin gamma of the SimNPO paper.
+        delta (`float`, defaults to `0.0`): the reward margin, subtracted from the mean answer NLL inside the
+            sigmoid's beta (open-unlearning's `delta`, the authors' code's `gamma`; the paper's gamma is beta * delta).
         gamma (`float`, defaults to `0.125`): weight of the forget term.
-        alpha (`float`, defaults to `1.0`): weight of the retain NLL term; `0` trains on the forget set only.
+        alpha (`float`, defaults to `1.0`): weight of the retain term; `0` trains on the forget set only.
+        retain_loss_type (`str`, defaults to `"nll"`): `"nll"` or `"kl"`, as in `GradDiffConfig`.
+        kl_positions (`str`, defaults to `"all"`): positions of the `"kl"` retain term, as in `GradDiffConfig`.
     """
 
     beta: float = field(default=4.5, metadata={"help": "Inverse temperature."})
-    margin: float = field(default=0.0, metadata={"help": "Reward margin of the SimNPO paper."})
+    delta: float = field(default=0.0, metadata={"help": "Reward margin (inside beta: paper's gamma = beta * delta)."})
     gamma: float = field(default=0.125, metadata={"help": "Weight of the forget term."})
-    alpha: float = field(default=1.0, metadata={"help": "Weight of the retain NLL term (0: none)."})
+    alpha: float = field(default=1.0, metadata={"help": "Weight of the retain term (0: none)."})
+    retain_loss_type: str = field(default="nll", metadata={"help": "Retain term: nll or kl."})
+    kl_positions: str = field(
+        default="all", metadata={"help": "KL retain term over all positions (reference) or answer positions."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_retain_options(self)
 
 
 class SimNPOTrainer(UnlearnTrainer):
@@ -41,14 +61,17 @@ class SimNPOTrainer(UnlearnTrainer):
     def uses_retain(self, args):
         return args.alpha > 0
 
+    def uses_reference(self, args):
+        return args.alpha > 0 and args.retain_loss_type == "kl"
+
     def unlearning_loss(self, model, inputs):
         forget = inputs["forget"]
         mean_log_prob = mean_token_log_prob(self.forward(model, forget).logits, forget["labels"])
-        forget_loss = simnpo_loss(mean_log_prob, self.args.beta, self.args.margin)
+        forget_loss = simnpo_loss(mean_log_prob, self.args.beta, self.args.delta)
         loss = self.args.gamma * forget_loss
         metrics = {"forget_simnpo": forget_loss}
         if self.args.alpha > 0:
-            retain = retain_term(self, model, inputs["retain"], "nll")
+            retain = retain_term(self, model, inputs["retain"], self.args.retain_loss_type, self.args.kl_positions)
             loss = loss + self.args.alpha * retain
             metrics["retain_loss"] = retain
         return loss, metrics

@@ -1,6 +1,19 @@
 """ULD, unlearning from logit difference (Ji et al., 2024): train a small assistant on the reversed goals -
 remember the forget set, know nothing of the retain set - and subtract its logits from the target's
-(`hf_unlearn.uld_model.ULDModel`). Only the assistant's LoRA adapter trains; the target stays as it is."""
+(`hf_unlearn.uld_model.ULDModel`). Only the assistant's LoRA adapter trains; the target stays as it is.
+
+Reference: github.com/UCSB-NLP-Chang/ULD, `configs/unlearn_loss/remember+uniform.yaml` (GradDescentLossFunc on forget
+data + 5 * UniformLossFunc on retain data, `uld/model/forget_losses.py`) with `configs/data_mode/
+forget_more_retain_perturb.yaml` (`uld/data/tofu.py`): the forget rows plus 2 generated paraphrases each are
+remembered; retain rows plus 2 generated wrong answers per forget row are pushed to uniform. The augmentations there
+are made separately (`data/aug_data/tofu`), never TOFU's `paraphrased_answer`/`perturbed_answer`, which the truth ratio
+scores; here they come from user-named columns (`positive_augmentation_column`, `negative_augmentation_column`),
+none by default.
+
+Deliberate differences: the uniform loss averages over answer positions (the reference averages over every position
+of the batch, prompt and padding included); each forget example is paired with a retain row drawn per epoch and its
+augmentations in one step (the reference adds the augmentations and the last |forget| retain rows as separate
+examples)."""
 
 from __future__ import annotations
 
@@ -17,14 +30,23 @@ from transformers import PreTrainedModel, TrainerCallback, set_seed
 
 from ..data.formatting import IGNORE_INDEX, tokenize_qa
 from ..modeling import load_causal_lm
-from ..uld_model import ULD_CONFIG_NAME, ULDModel, build_assistant, default_lora_config
+from ..uld_model import (
+    DEFAULT_ASSISTANT_WEIGHT,
+    DEFAULT_CANDIDATE_THRESHOLD,
+    ULD_CONFIG_NAME,
+    ULDModel,
+    build_assistant,
+    default_lora_config,
+)
 from .base import UnlearnConfig, UnlearnTrainer
 from .losses import nll, shift_for_next_token
 
 
 def uniform_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """KL(U || p) = -log|V| - (1/|V|) sum_v log p(v) of the next-token distribution p at each answer position,
-    averaged over the answer positions of the batch (ULD's retain loss: 0 exactly when every p is uniform)."""
+    averaged over the answer positions of the batch (ULD's retain loss: 0 exactly when every p is uniform).
+    Reference: `UniformLossFunc` in github.com/UCSB-NLP-Chang/ULD, `uld/model/forget_losses.py`, which averages the
+    same KL over every position of the batch (prompt and padding too); here only the answer positions count."""
     logits, labels = shift_for_next_token(logits, labels)
     mask = labels != IGNORE_INDEX
     log_probs = torch.log_softmax(logits.float(), dim=-1)
@@ -35,6 +57,11 @@ def uniform_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def uld_loss(forget_nll: torch.Tensor, retain_uniform: torch.Tensor, retain_weight: float = 5.0) -> torch.Tensor:
     """L = CE(D_f) + w_r * KL(U || p)(D_r): the assistant remembers the forget set and is uniform on retain data."""
     return forget_nll + retain_weight * retain_uniform
+
+
+# Columns of TOFU-schema rows whose answers the TOFU evaluation scores (`hf_unlearn.eval.tofu`: the truth ratio scores
+# `paraphrased_answer` and every `perturbed_answer` given `question`): never training data.
+SCORED_ANSWER_COLUMNS = ("paraphrased_answer", "perturbed_answer")
 
 
 @dataclass
@@ -49,17 +76,27 @@ class ULDConfig(UnlearnConfig):
         assistant_lora_dropout (`float`, defaults to `0.05`): the assistant's LoRA adapter on every linear layer but
             the LM head (a `peft_config` given to the trainer replaces it).
 
-    Parameters that control the loss:
+    Parameters that control the loss and its data:
         retain_weight (`float`, defaults to `5.0`): w_r in CE_f + w_r * KL(U || p)_r.
-        use_paraphrased (`bool`, defaults to `True`): also remember the forget rows' `paraphrased_answer` (when every
-            row has one, e.g. a `forget10_perturbed` split).
-        use_perturbed (`bool`, defaults to `True`): also push one `perturbed_answer` (wrong answer) of each forget row
-            toward uniform (when every row has them).
+        positive_augmentation_column (`str`, *optional*): a column of the forget rows holding separately generated
+            rephrasings of each forget fact, remembered like the forget answer (the authors' paraphrase augmentation,
+            `data/aug_data/tofu/<split>/paraphrase_res.csv` in github.com/UCSB-NLP-Chang/ULD). Each value: an answer
+            to the row's question, a `{"question", "answer"}` pair, or a list of either. Unset (default): none.
+        negative_augmentation_column (`str`, *optional*): a column of the forget rows holding separately generated
+            wrong answers, pushed toward uniform with the retain data (the authors' `perturb_res.csv`); same values.
+            Unset (default): none.
+        augmentations_per_row (`int`, defaults to `2`): augmentations of each kind paired with every forget example
+            (the authors' `expand_qanum: 2`), drawn from the row's list with the seed (cycled if it holds fewer).
+
+        TOFU's `paraphrased_answer` and `perturbed_answer` are refused as augmentations: the truth ratio scores exactly
+        those answers, so training on them leaks the test set into forget quality.
 
     Parameters of the unlearned model (`ULDModel`):
-        assistant_weight (`float`, defaults to `0.75`): alpha in l_target - alpha * l_assistant.
+        assistant_weight (`float`, defaults to `0.8`): alpha in l_target - alpha * l_assistant (the authors' TOFU
+            setting, `model_mode.weight=-0.8` in `bashes/tofu/uld_train.sh`).
         candidate_threshold (`float`, defaults to `0.01`): tau; the assistant's logits are subtracted only on the
-            target's top floor(tau * |V|) tokens and those with probability >= tau * max probability.
+            target's top floor(tau * |V|) tokens and those with probability >= tau * max probability
+            (`model_mode.top_logit_filter=1e-2` there).
     """
 
     assistant_layers: float = field(default=0.25, metadata={"help": "Assistant depth: fraction or count of layers."})
@@ -67,10 +104,52 @@ class ULDConfig(UnlearnConfig):
     assistant_lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha of the assistant."})
     assistant_lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout of the assistant."})
     retain_weight: float = field(default=5.0, metadata={"help": "Weight of the uniform loss on retain data."})
-    use_paraphrased: bool = field(default=True, metadata={"help": "Remember paraphrased forget answers too."})
-    use_perturbed: bool = field(default=True, metadata={"help": "Push perturbed forget answers to uniform too."})
-    assistant_weight: float = field(default=0.75, metadata={"help": "alpha: weight of the assistant's logits."})
-    candidate_threshold: float = field(default=0.01, metadata={"help": "tau: candidate-set threshold."})
+    positive_augmentation_column: str | None = field(
+        default=None, metadata={"help": "Forget-row column of generated rephrasings to remember (default: none)."}
+    )
+    negative_augmentation_column: str | None = field(
+        default=None, metadata={"help": "Forget-row column of generated wrong answers to push to uniform (default: none)."}
+    )
+    augmentations_per_row: int = field(default=2, metadata={"help": "Augmentations of each kind per forget example."})
+    assistant_weight: float = field(
+        default=DEFAULT_ASSISTANT_WEIGHT, metadata={"help": "alpha: weight of the assistant's logits."}
+    )
+    candidate_threshold: float = field(
+        default=DEFAULT_CANDIDATE_THRESHOLD, metadata={"help": "tau: candidate-set threshold."}
+    )
+
+    def __post_init__(self):
+        for name in ("positive_augmentation_column", "negative_augmentation_column"):
+            if getattr(self, name) in SCORED_ANSWER_COLUMNS:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} names answers the TOFU truth ratio scores: training the assistant "
+                    "on them leaks the test set. Supply separately generated augmentations in another column."
+                )
+        if self.augmentations_per_row < 1:
+            raise ValueError(f"augmentations_per_row must be at least 1, got {self.augmentations_per_row}.")
+        super().__post_init__()
+
+
+def _augmentation_pairs(row: dict, column: str, index: int) -> list[tuple[str, str]]:
+    """(question, answer) pairs of one forget row's augmentation column; refuses an answer the evaluation scores."""
+    if column not in row:
+        raise ValueError(f"Forget row {index} has no column {column!r}; add it to every forget row or unset the option.")
+    values = row[column]
+    values = values if isinstance(values, (list, tuple)) else [values]
+    pairs = [(v["question"], v["answer"]) if isinstance(v, dict) else (row["question"], v) for v in values if v]
+    if not pairs or not all(isinstance(q, str) and isinstance(a, str) and a for q, a in pairs):
+        raise ValueError(
+            f"Forget row {index}: column {column!r} must hold answers (strings) or {{'question', 'answer'}} pairs, "
+            f"at least one; got {values!r}."
+        )
+    scored = {row.get("paraphrased_answer")} | set(row.get("perturbed_answer") or [])
+    leaked = sorted(a for _, a in pairs if a in scored)
+    if leaked:
+        raise ValueError(
+            f"Forget row {index}: column {column!r} repeats an answer the TOFU truth ratio scores ({leaked[0]!r}); "
+            "training on it leaks the test set. Use separately generated augmentations."
+        )
+    return pairs
 
 
 def _concatenated(batches: list[dict], pad_token_id: int) -> dict:
@@ -129,26 +208,25 @@ class ULDTrainer(UnlearnTrainer):
         )
         self.target.to(self.args.device)
 
-    def prepare_method(self, model, args, forget_rows, retain_rows):
-        self.use_paraphrased = args.use_paraphrased and all(r.get("paraphrased_answer") for r in forget_rows)
-        self.use_perturbed = args.use_perturbed and all(r.get("perturbed_answer") for r in forget_rows)
-
     def forget_views(self, row, index, args):
-        """The forget answer, its paraphrase (remembered too) and one of its wrong answers, drawn per example
-        from the seed (pushed to uniform with the retain data)."""
+        """The forget answer, and with augmentation columns set, `augmentations_per_row` of the row's generated
+        rephrasings (`positive_<i>`, remembered) and wrong answers (`negative_<i>`, pushed to uniform with the retain
+        data), drawn from the seed."""
         views = {"forget": tokenize_qa(self.tokenizer, row["question"], row["answer"], args.max_length)}
-        if self.use_paraphrased:
-            paraphrased = row["paraphrased_answer"]
-            views["paraphrased"] = tokenize_qa(self.tokenizer, row["question"], paraphrased, args.max_length)
-        if self.use_perturbed:
-            wrong = row["perturbed_answer"]
-            wrong = wrong[int(np.random.default_rng([args.seed, index]).integers(len(wrong)))]
-            views["perturbed"] = tokenize_qa(self.tokenizer, row["question"], wrong, args.max_length)
+        for kind in ("positive", "negative"):
+            column = getattr(args, f"{kind}_augmentation_column")
+            if column is None:
+                continue
+            pairs = _augmentation_pairs(row, column, index)
+            order = np.random.default_rng([args.seed, index, kind == "negative"]).permutation(len(pairs))
+            for i in range(args.augmentations_per_row):
+                question, answer = pairs[order[i % len(pairs)]]
+                views[f"{kind}_{i}"] = tokenize_qa(self.tokenizer, question, answer, args.max_length)
         return views
 
     def unlearning_loss(self, model, inputs):
-        remembered = [inputs["forget"], *([inputs["paraphrased"]] if "paraphrased" in inputs else [])]
-        uniform = [inputs["retain"], *([inputs["perturbed"]] if "perturbed" in inputs else [])]
+        remembered = [inputs["forget"], *(v for k, v in inputs.items() if k.startswith("positive_"))]
+        uniform = [inputs["retain"], *(v for k, v in inputs.items() if k.startswith("negative_"))]
         batch = _concatenated(remembered + uniform, self.tokenizer.pad_token_id)
         logits = self.forward(model, batch).logits
         split = sum(len(b["input_ids"]) for b in remembered)
