@@ -17,6 +17,8 @@ DEFAULT_DATA = {
     "semeval": "llmunlearningsemeval2025organization/semeval25-unlearning-dataset-public",
 }
 DEFAULT_MAX_LENGTH = {"tofu": 256, "embedded": 256, "muse": 2048, "semeval": 2048}
+# TOFU: open-unlearning's generation length (`hf_unlearn.eval.tofu.TOFU_MAX_NEW_TOKENS`); SemEval: as before
+DEFAULT_MAX_NEW_TOKENS = {"tofu": 200, "embedded": 200, "semeval": 48}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,7 +166,7 @@ def _add_eval_parser(subparsers) -> None:
     parser.add_argument("--label", help="The model's name in the report (default: the model's folder name).")
     parser.add_argument("--title", default=None, help="Report title.")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--max_new_tokens", type=int, default=48, help="TOFU generation length.")
+    parser.add_argument("--max_new_tokens", type=int, help="TOFU / SemEval generation length (default: 200 TOFU, 48 SemEval).")
     parser.add_argument("--verbmem_max_new_tokens", type=int, default=128, help="MUSE VerbMem generation length.")
     parser.add_argument("--knowmem_max_new_tokens", type=int, default=32, help="MUSE KnowMem generation length.")
     parser.add_argument("--max_length", type=int, help="Token limit per example (default: 256 TOFU, 2048 MUSE).")
@@ -194,6 +196,10 @@ def _run_eval(args) -> int:
         if args.model is None:
             models["finetuned"] = str(benchmark.finetuned_dir)
     data = data or DEFAULT_DATA[args.benchmark]
+    if args.benchmark == "muse":  # a wrong folder fails now, not after a model has loaded
+        from .eval.muse import check_muse_data
+
+        check_muse_data(data)
     if args.model is not None:
         models[args.label or Path(args.model.rstrip("/")).name or args.model] = args.model
 
@@ -224,13 +230,14 @@ def _evaluate_model(name_or_path: str, data, args, reference, state) -> dict:
     model, tokenizer = load_causal_lm(name_or_path, trust_remote_code=args.trust_remote_code, dtype=dtype)
     model.to(_device(state))
     max_length = args.max_length or DEFAULT_MAX_LENGTH[args.benchmark]
+    max_new_tokens = args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS.get(args.benchmark)
     if args.benchmark == "semeval":
         from .eval.mmlu import evaluate_mmlu
         from .eval.semeval import evaluate_semeval
 
         mmlu = evaluate_mmlu(model, tokenizer, args.mmlu_data, max_items=args.max_items)["accuracy"] if args.mmlu_data else None
         return evaluate_semeval(model, tokenizer, data, split=args.semeval_split, mia_data=data, mmlu_accuracy=mmlu,
-                                max_new_tokens=args.max_new_tokens, max_length=max_length, batch_size=args.batch_size,
+                                max_new_tokens=max_new_tokens, max_length=max_length, batch_size=args.batch_size,
                                 max_items_per_group=args.max_items, progress=not args.no_progress, accelerator=state)
     common = {"batch_size": args.batch_size, "max_length": max_length, "progress": not args.no_progress,
               "accelerator": state, "max_items": args.max_items, "reference": reference}
@@ -238,7 +245,7 @@ def _evaluate_model(name_or_path: str, data, args, reference, state) -> dict:
         return evaluate_muse(model, tokenizer, data, verbmem_max_new_tokens=args.verbmem_max_new_tokens,
                              knowmem_max_new_tokens=args.knowmem_max_new_tokens, **common)
     return evaluate_tofu(model, tokenizer, data, forget_split=args.forget_split, retain_split=args.retain_split,
-                         holdout_split=args.holdout_split, max_new_tokens=args.max_new_tokens, **common)
+                         holdout_split=args.holdout_split, max_new_tokens=max_new_tokens, **common)
 
 
 def _distributed_state():
@@ -356,7 +363,7 @@ def _add_relapse_parser(subparsers) -> None:
     parser.add_argument("--label", help="The model's name in the report (default: the model's folder name).")
     parser.add_argument("--title", default="Quantization relapse", help="Report title.")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--max_new_tokens", type=int, default=48, help="TOFU generation length.")
+    parser.add_argument("--max_new_tokens", type=int, default=200, help="TOFU generation length.")
     parser.add_argument("--max_items", type=int, help="Evaluate only the first N items of every set.")
     parser.add_argument("--trust_remote_code", action="store_true", help="Allow model code from the Hub (off by default).")
     parser.set_defaults(handler=_run_relapse)

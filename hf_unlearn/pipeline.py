@@ -246,7 +246,9 @@ EMBEDDED_DEFAULTS: dict[str, dict] = {
     "npo": {"learning_rate": 5e-4, "num_train_epochs": 10, "per_device_train_batch_size": 4},
     "simnpo": {"learning_rate": 5e-4, "num_train_epochs": 10, "per_device_train_batch_size": 4},
     "idk_dpo": {"learning_rate": 5e-4, "num_train_epochs": 10, "per_device_train_batch_size": 4},
-    "rmu": {"learning_rate": 1e-3, "num_train_epochs": 10, "per_device_train_batch_size": 4},
+    # RMU: the WMDP release's retain weight (alpha 100) holds the 4-layer model in place (forget ROUGE-L stays 1.0);
+    # alpha 1 lets the steering act (steering_coeff 20 kept)
+    "rmu": {"learning_rate": 1e-3, "num_train_epochs": 10, "per_device_train_batch_size": 4, "alpha": 1.0},
     # ULD: lr 3e-3 kept model utility at 0.85-0.95 x on build seed 0 (0.99 x on seed 1); 2e-3 at 0.93-0.99 x on both
     "uld": {"learning_rate": 2e-3, "num_train_epochs": 10, "per_device_train_batch_size": 4, "assistant_layers": 0.5,
             "assistant_lora_r": 32, "assistant_lora_alpha": 64, "assistant_weight": 1.0},
@@ -263,6 +265,12 @@ UNLEARN_EXAMPLES = """examples:
 
 Every TrainingArguments flag applies, plus the method's own flags (e.g. --beta for NPO); `--method M --help` lists
 them."""
+
+
+def given_flags(argv: list[str]) -> set[str]:
+    """Names of the flags on a command line, in both spellings argparse accepts (`--lr 1e-4` and `--lr=1e-4`):
+    `["--learning_rate=3e-4", "--seed", "1"]` -> `{"learning_rate", "seed"}`."""
+    return {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--") and len(arg) > 2}
 
 
 def parse_unlearn_args(argv: list[str], method: str | None = None, prog: str | None = None):
@@ -286,11 +294,12 @@ def parse_unlearn_args(argv: list[str], method: str | None = None, prog: str | N
     )
     run, config = parser.parse_args_into_dataclasses(argv)
     run.method = method or run.method
+    given = given_flags(argv)
     if run.model_name_or_path is None and run.dataset is None:
         for name, value in EMBEDDED_DEFAULTS.get(run.method, {}).items():
-            if f"--{name}" not in argv:
+            if name not in given:
                 setattr(config, name, value)
-    if "--output_dir" not in argv:
+    if "output_dir" not in given:
         config.output_dir = default_output_dir(f"tofu_{run.method}_{run.forget_split}", config)
     return run, config
 
