@@ -4,8 +4,9 @@
     python benchmarks/run.py --tier real              # SmolLM2-135M-Instruct fine-tuned on 10 real TOFU authors
     python benchmarks/run.py --methods flat npo --sections --output_dir benchmarks/results/mine   # table only
 
-Every method runs in its own process (its own peak memory; a crash costs one row). Finished rows are kept in
-`<output_dir>/rows/<method>.json` and skipped on the next call, so an interrupted run resumes; the real tier's
+Every method runs once per training seed (`--seeds`, default 0 1 2), each run in its own process (its own peak
+memory; a crash costs one run); the table gives each number's mean and standard deviation over the seeds. Finished
+runs are kept in `<output_dir>/rows/<method>-seed<k>.json` and skipped on the next call, so an interrupted run resumes; the real tier's
 fine-tuned and retain models are cached under `$HF_UNLEARN_CACHE/real_tofu10`. On CUDA everything runs in bf16.
 
 Columns: forget quality, model utility, forget ROUGE-L, MIA AUC (Min-K%), 4-bit relapse (forget ROUGE-L after
@@ -180,14 +181,14 @@ def method_settings(tier: str, method: str) -> dict:
 # one method, in its own process
 
 
-def run_method(tier: str, method: str, row_path: Path) -> None:
+def run_method(tier: str, method: str, row_path: Path, seed: int = 0, measure_step_cost: bool = True) -> None:
     from hf_unlearn.data import load_tofu_split
     from hf_unlearn.data.tofu import retain_split_for
     from hf_unlearn.eval.quantization import fake_quantize_model
     from hf_unlearn.eval.tofu import evaluate_tofu
     from hf_unlearn.modeling import load_causal_lm
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     setup = TIERS[tier]()
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -202,7 +203,8 @@ def run_method(tier: str, method: str, row_path: Path) -> None:
         unlearned, unlearn_s, step_cost = _stamp(model.to(device), tokenizer, forget, retain, settings)
     else:  # the step-cost ratio costs ~10 extra steps: left out of the real tier on CPU
         unlearned, unlearn_s, step_cost = _train(method, model.to(device), tokenizer, forget, retain, settings,
-                                                 measure_step_cost=cuda or tier == "embedded")
+                                                 measure_step_cost=measure_step_cost and (cuda or tier == "embedded"),
+                                                 seed=seed)
     unlearned.eval().to(device)
     evaluation = {"forget_split": setup["forget_split"], "holdout_split": setup["holdout_split"],
                   "max_items": setup["max_items"], "reference": reference, "progress": False}
@@ -214,17 +216,17 @@ def run_method(tier: str, method: str, row_path: Path) -> None:
     row = {key: result.get(key) for key, _ in COLUMNS if key in result}
     row.update({"relapse_4bit": result_4bit["forget_rougeL_recall"] - result["forget_rougeL_recall"],
                 "unlearn_s": unlearn_s, "peak_memory_mb": peak, "step_cost_vs_sft": step_cost,
-                "settings": settings, "device": device, "result": result})
+                "settings": settings, "seed": seed, "device": device, "result": result})
     _write_json(row_path, row)
 
 
-def _train(method, model, tokenizer, forget, retain, settings, measure_step_cost=True):
+def _train(method, model, tokenizer, forget, retain, settings, measure_step_cost=True, seed=0):
     """Unlearn with the method's trainer; returns (evaluated model, seconds, step time / plain Trainer step)."""
     from hf_unlearn.trainers import METHODS
 
     config_class, trainer_class = METHODS[method]
     with tempfile.TemporaryDirectory() as scratch:
-        common = {"report_to": [], "save_strategy": "no", "disable_tqdm": True, "seed": 0,
+        common = {"report_to": [], "save_strategy": "no", "disable_tqdm": True, "seed": seed,
                   "bf16": torch.cuda.is_available(), "logging_steps": 10_000}
         step_cost = None
         if measure_step_cost:
@@ -339,23 +341,48 @@ def reference_rows(tier: str, output_dir: Path) -> dict[str, dict]:
     return rows
 
 
+def aggregate_seeds(runs: list[dict]) -> dict:
+    """One table row from a method's runs over seeds: each column's mean over the runs that have it, its sample
+    standard deviation under `<column>_std` (with two runs or more), the seeds, and the first run's details."""
+    import numpy as np
+
+    row = {key: value for key, value in runs[0].items() if key not in dict(COLUMNS) and key != "seed"}
+    row["seeds"] = [run.get("seed", 0) for run in runs]
+    for key, _ in COLUMNS:
+        values = [run[key] for run in runs if run.get(key) is not None]
+        row[key] = float(np.mean(values)) if values else None
+        if len(values) > 1:
+            row[f"{key}_std"] = float(np.std(values, ddof=1))
+    row["runs"] = [{key: run.get(key) for key, _ in COLUMNS} for run in runs]
+    return row
+
+
 def render(rows: dict[str, dict], tier: str, output_dir: Path) -> str:
     from hf_unlearn.eval.report import format_number
 
     lines = [f"## {tier} tier", "", "| method | " + " | ".join(title for _, title in COLUMNS) + " |",
              "|---|" + "---:|" * len(COLUMNS)]
-    def cell(key, value):
-        if value is not None and key in ("unlearn_s", "peak_memory_mb"):
+    def number(key, value):
+        if key in ("unlearn_s", "peak_memory_mb"):
             return f"{value:.1f}"
-        if value is not None and key == "step_cost_vs_sft":
+        if key == "step_cost_vs_sft":
             return f"{value:.2f}x"
         return format_number(value)
 
+    def cell(row, key):
+        value = row.get(key)
+        if value is None:
+            return format_number(None)
+        std = row.get(f"{key}_std")
+        return number(key, value) if std is None else f"{number(key, value)} ± {number(key, std)}"
+
     for name, row in rows.items():
-        lines.append(f"| {name} | " + " | ".join(cell(key, row.get(key)) for key, _ in COLUMNS) + " |")
+        lines.append(f"| {name} | " + " | ".join(cell(row, key) for key, _ in COLUMNS) + " |")
     device = next((row["device"] for row in rows.values() if "device" in row), "cpu")
-    lines += ["", f"Device: {device}; torch {torch.__version__}; every method with seed 0 and the settings in "
-              "results.json."]
+    seeds = sorted({seed for row in rows.values() for seed in row.get("seeds", [])})
+    lines += ["", f"Device: {device}; torch {torch.__version__}; each method: mean ± sample standard deviation over "
+              f"training seeds {seeds} (the step-time ratio from seed {seeds[0] if seeds else 0} only), with the "
+              "settings in results.json. retain and finetuned are single models (no training seed)."]
     seconds = [row["result"]["evaluation_s"] for row in rows.values() if "evaluation_s" in row.get("result", {})]
     if seconds:
         lines.append(f"One `evaluate_tofu` of a model (every metric and MIA above): {min(seconds):.1f} s.")
@@ -402,7 +429,8 @@ def _plot(rows: dict[str, dict], path: Path, tier: str) -> None:
     for name, row in rows.items():
         if row.get("forget_quality") is None:
             continue
-        ax.scatter(row["model_utility"], row["forget_quality"], s=40)
+        ax.errorbar(row["model_utility"], row["forget_quality"], xerr=row.get("model_utility_std"), fmt="o", ms=5,
+                    capsize=2)
         ax.annotate(name, (row["model_utility"], row["forget_quality"]), fontsize=8, xytext=(3, 3),
                     textcoords="offset points")
     ax.set_yscale("log")
@@ -429,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--output_dir", help="Results folder (default benchmarks/results/<tier>); resumes.")
     parser.add_argument("--sections", nargs="*", help="Sections after the table (default: all of the tier's).")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="Training seeds (default 0 1 2).")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one method in this process
     args = parser.parse_args(argv)
     sections = SECTIONS[args.tier]
@@ -439,20 +468,30 @@ def main(argv: list[str] | None = None) -> int:
     shown_dir = args.output_dir or f"benchmarks/results/{args.tier}"
     output_dir = Path(args.output_dir).resolve() if args.output_dir else ROOT / shown_dir
     (output_dir / "rows").mkdir(parents=True, exist_ok=True)
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds repeats a seed: {args.seeds}; give each seed once.")
     if args.one:
-        run_method(args.tier, args.one, output_dir / "rows" / f"{args.one}.json")
+        seed = args.seeds[0]
+        run_method(args.tier, args.one, output_dir / "rows" / f"{args.one}-seed{seed}.json", seed=seed,
+                   measure_step_cost=seed == 0)
         return 0
     rows = reference_rows(args.tier, output_dir)
     for method in args.methods:
-        row_path = output_dir / "rows" / f"{method}.json"
-        if not row_path.is_file():
-            print(f"[{time.strftime('%H:%M:%S')}] {method} ...", flush=True)
-            command = [sys.executable, __file__, "--tier", args.tier, "--output_dir", str(output_dir), "--one", method]
-            completed = subprocess.run(command)
-            if completed.returncode != 0:
-                print(f"{method} failed (exit {completed.returncode}); the other rows go on.", file=sys.stderr)
-                continue
-        rows[method] = json.loads(row_path.read_text())
+        runs = []
+        for seed in args.seeds:
+            row_path = output_dir / "rows" / f"{method}-seed{seed}.json"
+            if not row_path.is_file():
+                print(f"[{time.strftime('%H:%M:%S')}] {method} seed {seed} ...", flush=True)
+                command = [sys.executable, __file__, "--tier", args.tier, "--output_dir", str(output_dir),
+                           "--one", method, "--seeds", str(seed)]
+                completed = subprocess.run(command)
+                if completed.returncode != 0:
+                    print(f"{method} seed {seed} failed (exit {completed.returncode}); the others go on.",
+                          file=sys.stderr)
+                    continue
+            runs.append(json.loads(row_path.read_text()))
+        if runs:
+            rows[method] = aggregate_seeds(runs)
     markdown = render(rows, args.tier, output_dir)
     if names:
         markdown += "\n" + run_sections(args.tier, names, output_dir, shown_dir)

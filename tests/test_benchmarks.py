@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, shared_data
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -14,8 +15,9 @@ from run import real_tier_data  # noqa: E402
 sys.path.remove(str(REPO / "benchmarks"))
 
 
-def test_embedded_tier_writes_the_table_and_resumes(embedded, tmp_path):
-    command = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--methods", "grad_ascent", "--output_dir", str(tmp_path), "--sections"]
+def test_embedded_tier_writes_the_table_over_seeds_and_resumes(embedded, tmp_path):
+    command = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--methods", "grad_ascent", "--seeds", "0", "1",
+               "--output_dir", str(tmp_path), "--sections"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
@@ -24,13 +26,32 @@ def test_embedded_tier_writes_the_table_and_resumes(embedded, tmp_path):
                 "unlearn_s", "peak_memory_mb", "step_cost_vs_sft"):
         assert row[key] is not None, key
     assert row["step_cost_vs_sft"] > 0.5  # a ratio of two measured step times
+    assert row["seeds"] == [0, 1]
+    runs = [json.loads((tmp_path / "rows" / f"grad_ascent-seed{seed}.json").read_text()) for seed in (0, 1)]
+    rouge = [run_["forget_rougeL_recall"] for run_ in runs]
+    assert row["forget_rougeL_recall"] == pytest.approx((rouge[0] + rouge[1]) / 2)
+    assert row["forget_rougeL_recall_std"] == pytest.approx(abs(rouge[0] - rouge[1]) / 2 ** 0.5)
+    assert runs[1]["step_cost_vs_sft"] is None  # measured once, on seed 0
     finetuned = results["rows"]["finetuned"]
     assert row["forget_rougeL_recall"] < finetuned["forget_rougeL_recall"]  # it unlearned something
-    assert "| grad_ascent |" in first.stdout and (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
-    # a second call reuses the finished row instead of training again
+    assert "| grad_ascent |" in first.stdout and " ± " in first.stdout
+    assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+    # a second call reuses the finished runs instead of training again
     again = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert again.returncode == 0 and "grad_ascent ..." not in again.stdout
+    assert again.returncode == 0 and "grad_ascent seed" not in again.stdout
     assert json.loads((tmp_path / "results.json").read_text())["rows"]["grad_ascent"]["unlearn_s"] == row["unlearn_s"]
+
+
+def test_seed_aggregation_is_the_mean_and_sample_standard_deviation():
+    runs = [{"forget_quality": 0.1, "model_utility": 0.5, "seed": 0, "device": "cpu"},
+            {"forget_quality": 0.3, "model_utility": None, "seed": 1, "device": "cpu"},
+            {"forget_quality": 0.2, "model_utility": 0.7, "seed": 2, "device": "cpu"}]
+    row = run.aggregate_seeds(runs)
+    assert row["seeds"] == [0, 1, 2] and row["device"] == "cpu" and "seed" not in row
+    assert row["forget_quality"] == pytest.approx(0.2) and row["forget_quality_std"] == pytest.approx(0.1)
+    # a missing number is left out: mean 0.6 and std sqrt(0.02) over the two runs that have it
+    assert row["model_utility"] == pytest.approx(0.6) and row["model_utility_std"] == pytest.approx(0.02 ** 0.5)
+    assert row["unlearn_s"] is None and "unlearn_s_std" not in row
 
 
 def test_real_tier_data_is_ten_authors_with_a_holdout(tmp_path):
