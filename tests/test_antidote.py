@@ -10,7 +10,6 @@ from hf_unlearn.pruning import (
     antidote_prune,
     find_prunable_linears,
     magnitude_scores,
-    num_pruned_per_row,
     random_scores,
     squared_feature_norms,
     top_fraction_mask,
@@ -40,16 +39,11 @@ def test_wanda_scores_are_weight_magnitude_times_input_column_norms():
         wanda_scores(weight, torch.ones(4))
 
 
-# Antidote's release keeps the int(40 * (1 - ratio)) lowest scores of a 40-weight row and prunes the rest, worked
-# out by hand (in floating point 40 * (1 - 0.9) = 3.999..., so the release prunes 37 at 0.9, not 36).
-RELEASE_COUNTS_OF_40 = {0.0: 0, 0.1: 4, 0.25: 10, 0.5: 20, 0.9: 37}
-
-
-@pytest.mark.parametrize("ratio", sorted(RELEASE_COUNTS_OF_40))
-def test_top_fraction_mask_zeroes_the_release_count_of_top_scores_in_each_row(ratio):
+@pytest.mark.parametrize("ratio", [0.0, 0.1, 0.25, 0.5, 0.9])
+def test_top_fraction_mask_zeroes_exactly_the_top_fraction_of_each_row(ratio):
     scores = random_scores(torch.empty(7, 40), torch.Generator().manual_seed(0))
     mask = top_fraction_mask(scores, ratio)
-    k = RELEASE_COUNTS_OF_40[ratio]
+    k = math.floor(ratio * 40 + 1e-9)
     assert mask.sum(dim=1).tolist() == [k] * 7
     if 0 < k < 40:
         assert (scores[mask].view(7, k).min(dim=1).values > scores[~mask].view(7, 40 - k).max(dim=1).values).all()
@@ -59,17 +53,7 @@ def test_top_fraction_mask_on_a_hand_made_row():
     scores = torch.tensor([[0.1, 0.9, 0.5, 0.7, 0.2, 0.3, 0.8, 0.4, 0.6, 0.0]])
     assert top_fraction_mask(scores, 0.2).nonzero()[:, 1].tolist() == [1, 6]
     assert top_fraction_mask(scores, 0.1).nonzero()[:, 1].tolist() == [1]
-    # 10 - int(10 * 0.95) = 10 - 9 = 1: the release prunes the top score where floor(0.05 * 10) = 0 would prune none
-    assert top_fraction_mask(scores, 0.05).nonzero()[:, 1].tolist() == [1]
-    assert not top_fraction_mask(scores, 0.0).any()
-
-
-@pytest.mark.parametrize("columns, ratio, expected", [(8, 0.1, 1), (16, 0.05, 1), (10, 0.3, 3), (576, 0.1, 58),
-                                                      (10, 0.0, 0)])
-def test_num_pruned_per_row_is_the_release_count(columns, ratio, expected):
-    """Hand-worked `cols - int(cols * (1 - ratio))`: a rank-8 lora_B row (8 columns) loses 1 weight at 0.1, where
-    floor(0.8) = 0 never pruned it; 576 * 0.9 = 518.4 -> 576 - 518 = 58, not floor(57.6) = 57."""
-    assert num_pruned_per_row(columns, ratio) == expected
+    assert not top_fraction_mask(scores, 0.05).any()  # floor(0.5) = 0 weights per row
 
 
 def test_decoder_layer_index():
@@ -199,8 +183,7 @@ def test_only_the_targeted_lora_weights_change(tokenizer, score):
     for key in expected:
         w_before, w_after = before[key], after[key]
         zeroed = (w_before != 0) & (w_after == 0)
-        per_row = {64: 16, 8: 2}[w_before.shape[1]]  # 64 - int(48.0) for lora_A, 8 - int(6.0) for lora_B
-        assert zeroed.sum(dim=1).tolist() == [per_row] * w_before.shape[0], key
+        assert zeroed.sum(dim=1).tolist() == [math.floor(0.25 * w_before.shape[1])] * w_before.shape[0], key
         assert torch.equal(w_after[~zeroed], w_before[~zeroed])
     assert summary.num_pruned == sum(((before[k] != 0) & (after[k] == 0)).sum().item() for k in expected)
     assert summary.layers == [0, 1] and len(summary.pruned) == 12  # 2 layers x 3 modules x (lora_A, lora_B)
@@ -210,22 +193,15 @@ def test_only_the_targeted_lora_weights_change(tokenizer, score):
 def test_full_weights_of_a_plain_model_are_pruned_by_wanda_score(tokenizer):
     model = tiny_llama(tokenizer)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    config = AntidoteConfig(dense_ratio=0.1, target_modules=["q_proj", "v_proj"], progress=False)
+    config = AntidoteConfig(dense_ratio=0.1, target_modules=["v_proj"], sequential=False, progress=False)
     norms, _ = collect_squared_input_norms(model, find_prunable_linears(model, config), tokenizer, ROWS, config)
     antidote_prune(model, tokenizer, ROWS, config)
     after = model.state_dict()
-    names = [f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")]
-    assert _changed(before, after) == {f"{name}.weight" for name in names}
-    for name in names:
-        # by default every mask comes from the unpruned model's inputs (Antidote's release), layer 1's included:
-        # calibrated after pruning layer 0 (the old default, sequential) layer 1's masks differ
-        weight, norm = before[name + ".weight"], norms[name]
-        expected = torch.zeros_like(weight, dtype=torch.bool)
-        for row in range(weight.shape[0]):  # the release's count per row, 64 - int(64 * 0.9) = 7, top scores
-            scores = [abs(float(w)) * math.sqrt(float(n)) for w, n in zip(weight[row], norm)]
-            for column in sorted(range(64), key=lambda j: -scores[j])[:7]:
-                expected[row, column] = True
-        assert torch.equal(after[name + ".weight"] == 0, expected), name
+    assert _changed(before, after) == {f"model.layers.{i}.self_attn.v_proj.weight" for i in range(2)}
+    for i in range(2):
+        name = f"model.layers.{i}.self_attn.v_proj"
+        expected_mask = top_fraction_mask(wanda_scores(before[name + ".weight"], norms[name]), 0.1)
+        assert torch.equal(after[name + ".weight"] == 0, expected_mask)
 
 
 def test_sequential_calibration_sees_the_pruned_earlier_layers(tokenizer):

@@ -36,12 +36,15 @@ def test_embedded_benchmark_run(embedded, tmp_path, train_seed):
 
 def test_semeval_run_with_smollm2(tmp_path):
     """The whole SemEval path on real data with a real model, kept small: one item per (task, kind) group, one
-    epoch, no fine-tuning first (see the recipe's --finetune_epochs for a model that has memorised the sample)."""
+    epoch, no fine-tuning first (see the recipe's --finetune_epochs for a model that has memorised the sample),
+    2 MMLU questions per subject 0-shot (the official 5 shots cost ~6x the tokens: +~3.5 min here; tests/test_mmlu.py
+    checks them)."""
     pytest.importorskip("gguf")
     data, mmlu = shared_data("semeval25_task4"), shared_data("mmlu")
     outcome = recipe().main([
         "--model_name_or_path", "smollm2", "--semeval_data", str(data), "--mmlu_data", str(mmlu),
         "--max_items_per_group", "1", "--num_train_epochs", "1", "--max_mia_items", "4", "--mmlu_max_items", "2",
+        "--mmlu_num_shots", "0",
         "--eval_max_new_tokens", "16", "--trace_num_samples", "2", "--output_dir", str(tmp_path / "run"),
         "--disable_tqdm", "true",
     ])
@@ -50,7 +53,9 @@ def test_semeval_run_with_smollm2(tmp_path):
     for result in (before, after):
         assert result["settings"]["num_items"] == {"forget": 6, "retain": 6}
         assert 0 <= result["task_aggregate"] <= 1 and 0 <= result["mia_score"] <= 1
-        assert result["mmlu"]["settings"]["num_questions"] == 12
+        assert result["mmlu"]["settings"]["num_questions"] == 12 and result["mmlu"]["settings"]["num_shots"] == 0
+        assert result["mmlu_official"] is False and "6 of the 57 subjects" in result["mmlu_note"]  # the shared 6
+        assert "0-shot" in result["mmlu_note"]
         assert result["final_score"] == pytest.approx(
             (result["task_aggregate"] + result["mia_score"] + result["mmlu_accuracy"]) / 3)
     assert Path(outcome["report"]["markdown"]).is_file()

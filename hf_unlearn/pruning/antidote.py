@@ -6,18 +6,13 @@ Fine-tuning". Each weight of the chosen linear layers gets the Wanda score (Sun 
     S_ij = |W_ij| * ||X_j||_2,
 
 where X_j is input feature j of the layer over every token of a re-alignment set of harmful prompts with harmful
-answers; in each output row of `cols` weights the `cols - int(cols * (1 - dense_ratio))` highest scores are zeroed
-(Wanda zeroes the lowest scores to compress a model; Antidote zeroes the highest, the weights most active on harmful
-data). One shot, no retraining. The count per row is the release's (git-disl/Antidote, its Wanda pruning step: the
-row is sorted and the indices past `int(cols * (1 - ratio))` are pruned), so a small row still loses a weight: a
-rank-8 `lora_B` loses 1 weight per row at ratio 0.1, where `floor(0.1 * 8)` would prune none.
+answers; in each output row the top `dense_ratio` fraction of scores is zeroed (Wanda zeroes the lowest scores to
+compress a model; Antidote zeroes the highest, the weights most active on harmful data). One shot, no retraining.
 
 By default the layers are the LoRA adapter's `lora_A`/`lora_B` on q/k/v when the model is a PEFT model (the pruned
-adapter is the deliverable: `model.save_pretrained(...)` saves it), and the full q/k/v weights otherwise. By default
-every mask is computed on the unpruned model in one calibration pass, as Antidote's release does; with
-`sequential=True` the decoder layers are calibrated in order instead, each on the outputs of the already pruned
-earlier layers, as Wanda's own pruning of dense models does. Only squared feature norms are accumulated, so memory
-does not grow with the calibration set.
+adapter is the deliverable: `model.save_pretrained(...)` saves it), and the full q/k/v weights otherwise. With
+`sequential=True` the decoder layers are calibrated in order, each on the outputs of the already pruned earlier
+layers, as Wanda does. Only squared feature norms are accumulated, so memory does not grow with the calibration set.
 """
 
 from __future__ import annotations
@@ -44,8 +39,7 @@ class AntidoteConfig:
 
     Parameters that control what is pruned:
         dense_ratio (`float`, defaults to `0.1`):
-            Fraction of each output row's weights to zero: the `cols - int(cols * (1 - dense_ratio))` highest scores
-            of a row of `cols` weights (the release's count; see `num_pruned_per_row`).
+            Fraction of each output row's weights to zero: the `floor(dense_ratio * in_features)` highest scores.
         score (`str`, defaults to `"wanda"`):
             `"wanda"` (|W_ij| * ||X_j||_2 on the re-alignment data, Antidote), or the baselines `"magnitude"` (|W_ij|,
             no data) and `"random"` (uniform random scores: random pruning of the same number of weights per row).
@@ -60,10 +54,9 @@ class AntidoteConfig:
             Re-alignment examples per forward pass.
         max_length (`int`, defaults to `256`):
             Maximum tokens of prompt plus answer; longer answers are truncated.
-        sequential (`bool`, defaults to `False`):
-            `False` (Antidote's release): every mask from one calibration pass on the unpruned model. `True` (Wanda's
-            layer-wise variant): calibrate and prune decoder layer by decoder layer, each on the outputs of the
-            pruned earlier layers (one pass over the data per layer).
+        sequential (`bool`, defaults to `True`):
+            Calibrate and prune decoder layer by decoder layer, each on the outputs of the pruned earlier layers
+            (one pass over the data per layer); `False` calibrates every layer in one pass on the unpruned model.
         progress (`bool`, defaults to `True`):
             Show a progress bar over the calibration batches.
 
@@ -80,10 +73,7 @@ class AntidoteConfig:
     adapter_name: str | None = field(default=None, metadata={"help": "LoRA adapter to prune (default: active)."})
     batch_size: int = field(default=8, metadata={"help": "Re-alignment examples per forward pass."})
     max_length: int = field(default=256, metadata={"help": "Maximum tokens of prompt plus answer."})
-    sequential: bool = field(
-        default=False, metadata={"help": "Calibrate layer by layer on the pruned earlier layers (default: one pass "
-                                         "on the unpruned model, as Antidote's release)."}
-    )
+    sequential: bool = field(default=True, metadata={"help": "Calibrate and prune decoder layer by layer."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar over calibration batches."})
     seed: int = field(default=0, metadata={"help": "Seed of the random scores."})
 
@@ -159,16 +149,9 @@ def random_scores(weight: torch.Tensor, generator: torch.Generator) -> torch.Ten
     return torch.rand(weight.shape, generator=generator)
 
 
-def num_pruned_per_row(columns: int, ratio: float) -> int:
-    """Weights zeroed in a row of `columns`: `columns - int(columns * (1 - ratio))`, Antidote's release count (it
-    keeps the `int(columns * (1 - ratio))` lowest scores of the sorted row); at least `floor(ratio * columns)`."""
-    return columns - int(columns * (1 - ratio))
-
-
 def top_fraction_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Boolean mask of the `num_pruned_per_row(columns, ratio)` highest scores in each row (ties broken by
-    position)."""
-    num = num_pruned_per_row(scores.shape[1], ratio)
+    """Boolean mask of the `floor(ratio * columns)` highest scores in each row (ties broken by position)."""
+    num = math.floor(ratio * scores.shape[1] + 1e-9)
     mask = torch.zeros_like(scores, dtype=torch.bool)
     if num:
         mask.scatter_(1, scores.topk(num, dim=1).indices, True)
