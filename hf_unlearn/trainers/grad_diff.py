@@ -15,12 +15,32 @@ from .losses import KL_POSITIONS, kl_to_reference, nll
 RETAIN_LOSS_TYPES = ("nll", "kl")
 
 
-def check_retain_options(config) -> None:
-    """Validate `retain_loss_type` and `kl_positions` of a config that has them."""
-    if config.retain_loss_type not in RETAIN_LOSS_TYPES:
-        raise ValueError(f"retain_loss_type must be 'nll' or 'kl', got {config.retain_loss_type!r}.")
-    if config.kl_positions not in KL_POSITIONS:
-        raise ValueError(f"kl_positions must be 'all' or 'answer', got {config.kl_positions!r}.")
+@dataclass
+class RetainTermConfig(UnlearnConfig):
+    r"""
+    The retain term's options, shared by GradDiff, NPO, SimNPO and IdkDPO (see `retain_term`).
+
+    Parameters:
+        retain_loss_type (`str`, defaults to `"nll"`): the retain term R. `"nll"`: the retain answers' mean token NLL
+            (open-unlearning's `NLL`); `"kl"`: KL(pi_ref || pi_theta) to the frozen reference on the retain batch
+            (open-unlearning's `KL`; needs the reference model).
+        kl_positions (`str`, defaults to `"all"`): where the `"kl"` retain term is taken. `"all"`, as open-unlearning's
+            `compute_kl_divergence`: every position of the padded retain batch (prompt and padding included), summed
+            over the vocabulary and divided by batch x length; `"answer"`: averaged over the positions that predict
+            an answer token only (see `losses.kl_to_reference`).
+    """
+
+    retain_loss_type: str = field(default="nll", metadata={"help": "Retain term: nll or kl."})
+    kl_positions: str = field(
+        default="all", metadata={"help": "KL retain term over all positions (reference) or answer positions."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.retain_loss_type not in RETAIN_LOSS_TYPES:
+            raise ValueError(f"retain_loss_type must be 'nll' or 'kl', got {self.retain_loss_type!r}.")
+        if self.kl_positions not in KL_POSITIONS:
+            raise ValueError(f"kl_positions must be 'all' or 'answer', got {self.kl_positions!r}.")
 
 
 def gradient_difference_loss(
@@ -34,32 +54,18 @@ def gradient_difference_loss(
 
 
 @dataclass
-class GradDiffConfig(UnlearnConfig):
+class GradDiffConfig(RetainTermConfig):
     r"""
     Configuration for `GradDiffTrainer` (defaults: open-unlearning's `configs/trainer/GradDiff.yaml`).
 
     Parameters:
         gamma (`float`, defaults to `1.0`): weight of the forget (ascent) term.
         alpha (`float`, defaults to `1.0`): weight of the retain term.
-        retain_loss_type (`str`, defaults to `"nll"`): the retain term R. `"nll"`: the retain answers' mean token NLL
-            (open-unlearning's `NLL`); `"kl"`: KL(pi_ref || pi_theta) to the frozen reference on the retain batch
-            (open-unlearning's `KL`; needs the reference model).
-        kl_positions (`str`, defaults to `"all"`): where the `"kl"` retain term is taken. `"all"`, as open-unlearning's
-            `compute_kl_divergence`: every position of the padded retain batch (prompt and padding included), summed
-            over the vocabulary and divided by batch x length; `"answer"`: averaged over the positions that predict
-            an answer token only (see `losses.kl_to_reference`).
+        retain_loss_type, kl_positions: the retain term, see `RetainTermConfig`.
     """
 
     gamma: float = field(default=1.0, metadata={"help": "Weight of the forget term."})
     alpha: float = field(default=1.0, metadata={"help": "Weight of the retain term."})
-    retain_loss_type: str = field(default="nll", metadata={"help": "Retain term: nll or kl."})
-    kl_positions: str = field(
-        default="all", metadata={"help": "KL retain term over all positions (reference) or answer positions."}
-    )
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_retain_options(self)
 
 
 def retain_term(

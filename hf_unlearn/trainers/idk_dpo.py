@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .base import RefusalTemplateMixin, UnlearnConfig, UnlearnTrainer
-from .grad_diff import check_retain_options, retain_term
+from .base import RefusalTemplateMixin, UnlearnTrainer
+from .grad_diff import RetainTermConfig, retain_term
 from .losses import sequence_log_prob
 
 
@@ -27,7 +27,7 @@ def dpo_loss(
 
 
 @dataclass
-class IdkDPOConfig(UnlearnConfig):
+class IdkDPOConfig(RetainTermConfig):
     r"""
     Configuration for `IdkDPOTrainer` (defaults: open-unlearning's `configs/trainer/DPO.yaml`).
 
@@ -43,15 +43,7 @@ class IdkDPOConfig(UnlearnConfig):
     beta: float = field(default=0.1, metadata={"help": "DPO inverse temperature."})
     gamma: float = field(default=1.0, metadata={"help": "Weight of the DPO term."})
     alpha: float = field(default=1.0, metadata={"help": "Weight of the retain term (0: none)."})
-    retain_loss_type: str = field(default="nll", metadata={"help": "Retain term: nll or kl."})
-    kl_positions: str = field(
-        default="all", metadata={"help": "KL retain term over all positions (reference) or answer positions."}
-    )
     template_file: str | None = field(default=None, metadata={"help": "Refusal templates, one per line."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_retain_options(self)
 
 
 class IdkDPOTrainer(RefusalTemplateMixin, UnlearnTrainer):

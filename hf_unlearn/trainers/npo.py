@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .base import UnlearnConfig, UnlearnTrainer
-from .grad_diff import check_retain_options, retain_term
+from .base import UnlearnTrainer
+from .grad_diff import RetainTermConfig, retain_term
 from .losses import sequence_log_prob
 
 
@@ -25,7 +25,7 @@ def npo_loss(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, beta: float = 0
 
 
 @dataclass
-class NPOConfig(UnlearnConfig):
+class NPOConfig(RetainTermConfig):
     r"""
     Configuration for `NPOTrainer` (defaults: open-unlearning's `configs/trainer/NPO.yaml`).
 
@@ -42,14 +42,6 @@ class NPOConfig(UnlearnConfig):
     beta: float = field(default=0.1, metadata={"help": "Inverse temperature."})
     gamma: float = field(default=1.0, metadata={"help": "Weight of the forget term."})
     alpha: float = field(default=1.0, metadata={"help": "Weight of the retain term (0: none)."})
-    retain_loss_type: str = field(default="nll", metadata={"help": "Retain term: nll or kl."})
-    kl_positions: str = field(
-        default="all", metadata={"help": "KL retain term over all positions (reference) or answer positions."}
-    )
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_retain_options(self)
 
 
 class NPOTrainer(UnlearnTrainer):

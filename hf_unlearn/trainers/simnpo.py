@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .base import UnlearnConfig, UnlearnTrainer
-from .grad_diff import check_retain_options, retain_term
+from .base import UnlearnTrainer
+from .grad_diff import RetainTermConfig, retain_term
 from .losses import mean_token_log_prob
 
 
@@ -26,7 +26,7 @@ def simnpo_loss(mean_log_prob: torch.Tensor, beta: float = 4.5, delta: float = 0
 
 
 @dataclass
-class SimNPOConfig(UnlearnConfig):
+class SimNPOConfig(RetainTermConfig):
     r"""
     Configuration for `SimNPOTrainer` (defaults: open-unlearning's `configs/trainer/SimNPO.yaml`, its TOFU setting;
     the authors' TOFU config has beta 2.5 and forget weight 0.1375).
@@ -45,14 +45,6 @@ class SimNPOConfig(UnlearnConfig):
     delta: float = field(default=0.0, metadata={"help": "Reward margin (inside beta: paper's gamma = beta * delta)."})
     gamma: float = field(default=0.125, metadata={"help": "Weight of the forget term."})
     alpha: float = field(default=1.0, metadata={"help": "Weight of the retain term (0: none)."})
-    retain_loss_type: str = field(default="nll", metadata={"help": "Retain term: nll or kl."})
-    kl_positions: str = field(
-        default="all", metadata={"help": "KL retain term over all positions (reference) or answer positions."}
-    )
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_retain_options(self)
 
 
 class SimNPOTrainer(UnlearnTrainer):
