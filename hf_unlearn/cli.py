@@ -11,14 +11,17 @@ import os
 import sys
 from pathlib import Path
 
+from .eval.semeval import SEMEVAL_MAX_NEW_TOKENS
+from .eval.tofu import TOFU_MAX_NEW_TOKENS
+
 DEFAULT_DATA = {
     "tofu": "locuslab/TOFU",
     "muse": "muse-bench/MUSE-News",
     "semeval": "llmunlearningsemeval2025organization/semeval25-unlearning-dataset-public",
 }
 DEFAULT_MAX_LENGTH = {"tofu": 256, "embedded": 256, "muse": 2048, "semeval": 2048}
-# TOFU: open-unlearning's generation length (`hf_unlearn.eval.tofu.TOFU_MAX_NEW_TOKENS`); SemEval: as before
-DEFAULT_MAX_NEW_TOKENS = {"tofu": 200, "embedded": 200, "semeval": 48}
+# TOFU: open-unlearning's generation length; SemEval: the official scorer's
+DEFAULT_MAX_NEW_TOKENS = {"tofu": TOFU_MAX_NEW_TOKENS, "embedded": TOFU_MAX_NEW_TOKENS, "semeval": SEMEVAL_MAX_NEW_TOKENS}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,7 +169,7 @@ def _add_eval_parser(subparsers) -> None:
     parser.add_argument("--label", help="The model's name in the report (default: the model's folder name).")
     parser.add_argument("--title", default=None, help="Report title.")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--max_new_tokens", type=int, help="TOFU / SemEval generation length (default: 200 TOFU, 48 SemEval).")
+    parser.add_argument("--max_new_tokens", type=int, help="TOFU / SemEval generation length (default: 200 TOFU, 256 SemEval).")
     parser.add_argument("--verbmem_max_new_tokens", type=int, default=128, help="MUSE VerbMem generation length.")
     parser.add_argument("--knowmem_max_new_tokens", type=int, default=32, help="MUSE KnowMem generation length.")
     parser.add_argument("--max_length", type=int, help="Token limit per example (default: 256 TOFU, 2048 MUSE).")
@@ -363,7 +366,7 @@ def _add_relapse_parser(subparsers) -> None:
     parser.add_argument("--label", help="The model's name in the report (default: the model's folder name).")
     parser.add_argument("--title", default="Quantization relapse", help="Report title.")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--max_new_tokens", type=int, default=200, help="TOFU generation length.")
+    parser.add_argument("--max_new_tokens", type=int, default=TOFU_MAX_NEW_TOKENS, help="TOFU generation length.")
     parser.add_argument("--max_items", type=int, help="Evaluate only the first N items of every set.")
     parser.add_argument("--trust_remote_code", action="store_true", help="Allow model code from the Hub (off by default).")
     parser.set_defaults(handler=_run_relapse)

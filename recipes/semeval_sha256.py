@@ -30,6 +30,7 @@ from transformers import HfArgumentParser
 
 from hf_unlearn.editing.causal_tracing import CausalTraceConfig, causal_trace, embedded_facts, qa_fact
 from hf_unlearn.eval.report import write_report
+from hf_unlearn.eval.semeval import SEMEVAL_MAX_NEW_TOKENS
 from hf_unlearn.pipeline import (
     UnlearnRunArguments,
     default_output_dir,
@@ -47,9 +48,10 @@ EMBEDDED_DEFAULTS = ["--learning_rate", "5e-4", "--stop_at_forget_prob", "0.12",
                      "--num_train_epochs", "20",
                      "--per_device_train_batch_size", "8", "--eval_strategy", "epoch", "--save_strategy", "epoch",
                      "--load_best_model_at_end", "true", "--save_total_limit", "1", "--report_to", "none"]
-# Evaluation as the official scorer: 256 new tokens (its --max_new_tokens default).
+# Evaluation as the official scorer: SEMEVAL_MAX_NEW_TOKENS (256, its --max_new_tokens default).
 SEMEVAL_DEFAULTS = ["--learning_rate", "2e-5", "--lr_scheduler_type", "constant", "--num_train_epochs", "3",
-                    "--per_device_train_batch_size", "4", "--max_length", "512", "--eval_max_new_tokens", "256",
+                    "--per_device_train_batch_size", "4", "--max_length", "512",
+                    "--eval_max_new_tokens", str(SEMEVAL_MAX_NEW_TOKENS),
                     "--report_to", "none"]
 
 

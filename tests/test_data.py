@@ -110,10 +110,14 @@ def test_prompts_are_left_padded_for_generation():
 
 def test_chat_template_formatting_and_pad_token(embedded):
     tokenizer = AutoTokenizer.from_pretrained(embedded.finetuned_dir)
-    tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
-    assert format_prompt(tokenizer, "Hi?") == "<user>Hi?<assistant>"
+    tokenizer.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<end>{% endfor %}"
+                               "{% if add_generation_prompt %}<assistant>{% endif %}")
+    assert format_prompt(tokenizer, "Hi?") == "<user>Hi?<end><assistant>"
     example = tokenize_qa(tokenizer, "Hi?", "Hello.", max_length=64)
-    assert tokenizer.decode([t for t in example["labels"] if t != -100], skip_special_tokens=True) == "Hello."
+    # the labels are the answer, the template's end of turn and EOS (open-unlearning's preprocess_chat_instance)
+    labels = [t for t in example["labels"] if t != -100]
+    assert labels[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(labels, skip_special_tokens=True) == "Hello.<end>"
     tokenizer.pad_token = None
     with pytest.warns(UserWarning, match="no pad token"):
         ensure_pad_token(tokenizer)

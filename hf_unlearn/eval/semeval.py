@@ -50,6 +50,7 @@ SPLITS = ("forget_train", "forget_validation", "retain_train", "retain_validatio
 COLUMNS = ("id", "input", "output", "task")
 TASKS = ("Task1", "Task2", "Task3")
 PROMPT_FORMATS = ("raw", "qa")
+SEMEVAL_MAX_NEW_TOKENS = 256  # the official script's --max_new_tokens default
 MMLU_THRESHOLD = 0.371  # 75% of the 7B target model's MMLU before unlearning; calibrated on the official MMLU score
 # The script decodes with clean_up_tokenization_spaces=True, which transformers 4.x applied to every tokenizer:
 CLEAN_UP_SPACES = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
@@ -224,7 +225,7 @@ def evaluate_semeval(
     mia_data: str | os.PathLike | None = None,
     mmlu_accuracy: float | dict | None = None,
     prompt_format: str = "raw",
-    max_new_tokens: int = 256,
+    max_new_tokens: int = SEMEVAL_MAX_NEW_TOKENS,
     max_length: int = 2048,
     batch_size: int = 8,
     max_items_per_group: int | None = None,

@@ -24,6 +24,7 @@ import numpy as np
 from ..data.formatting import ensure_pad_token, tokenize_qa
 from ..data.pairing import ForgetRetainDataset, UnlearnDataCollator
 from ..data.tofu import load_refusal_templates
+from ..eval.tofu import TOFU_MAX_NEW_TOKENS
 from ..modeling import eval_mode, load_causal_lm
 
 
@@ -75,7 +76,7 @@ class UnlearnConfig(TrainingArguments):
     eval_forget_split: str = field(default="forget10", metadata={"help": "Forget split evaluated."})
     eval_holdout_split: str | None = field(default=None, metadata={"help": "Holdout split for MIA AUCs."})
     eval_reference: str | None = field(default=None, metadata={"help": "Retain model's saved evaluation JSON."})
-    eval_max_new_tokens: int = field(default=200, metadata={"help": "Generation length for ROUGE."})
+    eval_max_new_tokens: int = field(default=TOFU_MAX_NEW_TOKENS, metadata={"help": "Generation length for ROUGE."})
     eval_max_items: int | None = field(default=None, metadata={"help": "Evaluate only the first N items of a set."})
     stop_at_forget_prob: float | None = field(
         default=None, metadata={"help": "End training once the forget rows' mean answer probability is at most this."}
