@@ -174,6 +174,8 @@ def method_settings(tier: str, method: str) -> dict:
         settings.pop("stop_at_forget_prob", None)  # the real tier gives every method the same fixed budget
         if method == "layer_constrained":  # tracing 30 layers: 8 facts x 3 noise draws instead of 32 x 5
             settings.update(trace_num_facts=8, trace_num_samples=3)
+            # the paper's alpha clip [1.2, 2.8]: the raised floor is for the tiny model's near-zero retain loss
+            settings.pop("alpha_min", None), settings.pop("alpha_max", None)
     return settings
 
 

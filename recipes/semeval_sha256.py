@@ -41,11 +41,13 @@ from hf_unlearn.pipeline import (
 from hf_unlearn.trainers.layer_constrained import LayerConstrainedConfig, LayerConstrainedTrainer
 
 # Settings measured to work on the embedded benchmark (forget ROUGE far down, retain ROUGE kept); flags override.
-# Gradient ascent trains until forgotten (forget answer probability <= 0.12, at most 20 epochs): on build seeds 0 and 1
-# x seeds 0-2, forget ROUGE-L 0.22-0.48 x and model utility 0.86-0.95 x finetuned. (lr 1e-3 for 6 epochs, the old
-# setting, left forget ROUGE-L at 0.53 x on build seed 0 and overshot on others.)
-EMBEDDED_DEFAULTS = ["--learning_rate", "5e-4", "--stop_at_forget_prob", "0.12", "--lr_scheduler_type", "constant",
-                     "--num_train_epochs", "20",
+# Gradient ascent trains until forgotten (forget answer probability <= 0.02, at most 60 epochs) with the retain weight
+# clipped to [8, 12] (`hf_unlearn.pipeline.EMBEDDED_DEFAULTS["layer_constrained"]`, where the measurements are):
+# the tiny model's retain loss keeps the paper's alpha at its floor 1.2, which let the retain answers go with the
+# forget ones (stopping at 0.12 with alpha 1.2 left forget ROUGE-L at 0.59 x on build seed 0). Measured with these
+# settings on build seed 0 x seeds 0-2: forget ROUGE-L 0.37/0.41/0.43 x and model utility 0.93/0.94/0.92 x finetuned.
+EMBEDDED_DEFAULTS = ["--learning_rate", "5e-4", "--stop_at_forget_prob", "0.02", "--alpha_min", "8", "--alpha_max", "12",
+                     "--lr_scheduler_type", "constant", "--num_train_epochs", "60",
                      "--per_device_train_batch_size", "8", "--eval_strategy", "epoch", "--save_strategy", "epoch",
                      "--load_best_model_at_end", "true", "--save_total_limit", "1", "--report_to", "none"]
 # Evaluation as the official scorer: SEMEVAL_MAX_NEW_TOKENS (256, its --max_new_tokens default).
