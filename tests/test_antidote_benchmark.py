@@ -105,14 +105,18 @@ def test_antidote_restores_refusals_that_random_pruning_does_not(embedded, finet
 
 @pytest.mark.slow
 def test_antidote_on_smollm2_restores_refusals_and_keeps_the_benign_task(embedded):
-    """SmolLM2-135M-Instruct with the recipe's SmolLM2 settings, dense ratio 0.1 (about 20 min on 2 CPU cores).
-    Measured with `recipes/antidote_prune.py` (same settings, ratios 0.05-0.3): Antidote harmful 1.00 -> 0.01 with
-    benign accuracy 1.00, where magnitude and random pruning of as many weights leave the harmful score at 1.00."""
+    """SmolLM2-135M-Instruct with the recipe's SmolLM2 settings, dense ratio 0.1, on a smaller alignment stage (100
+    AdvBench refusals + 100 replayed rows for 3 epochs instead of 150 + 150 for 4) and 50 held-out harmful prompts
+    instead of 100. Measured with these settings: aligned harmful 0.00, fine-tuned 1.00 (benign 1.00), Antidote 0.02
+    with benign 1.00, magnitude and random pruning of as many weights (393120 of 4884480) 1.00 (align 611 s,
+    harmful fine-tuning 1370 s, table 817 s on one thread of a busy 2-core machine). The recipe's full settings
+    (`recipes/antidote_prune.py`, ratios 0.05-0.3): Antidote harmful 1.00 -> 0.01 with benign accuracy 1.00."""
     from hf_unlearn.modeling import load_smollm2
 
     model, tokenizer = load_smollm2()
     config = HarmfulFinetuningConfig(alignment_lora_r=16, finetune_learning_rate=1e-3, finetune_epochs=5,
-                                     harmful_max_new_tokens=24)
+                                     harmful_max_new_tokens=24, num_test=50, num_align=100, num_replay=100,
+                                     alignment_epochs=3)
     rows = antidote_rows(embedded, model, tokenizer, config, dense_ratio=0.1)
     result = {r["model"]: r for r in rows}
     aligned, tuned, antidote = result["aligned"], result["fine-tuned"], result["Antidote"]
