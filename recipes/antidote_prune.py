@@ -21,6 +21,7 @@ from transformers import HfArgumentParser
 from hf_unlearn.embedded_benchmark import build_embedded_benchmark
 from hf_unlearn.modeling import load_causal_lm, load_smollm2
 from hf_unlearn.files import atomic_write, fresh_output_dir, next_free_path
+from hf_unlearn.pruning.antidote import AntidoteConfig
 from hf_unlearn.pruning.harmful_finetuning import (
     HarmfulFinetuningConfig,
     antidote_table,
@@ -39,6 +40,10 @@ class AntidoteRecipeArguments:
                                       metadata={"help": "Fractions of each adapter row to prune."})
     scores: list[str] = field(default_factory=lambda: ["wanda", "magnitude", "random"],
                               metadata={"help": "wanda (Antidote) and the baselines magnitude, random."})
+    prune_count: str = field(default="floor", metadata={"help": "Weights per row: floor, or release (the authors' "
+                                                                "count; see AntidoteConfig)."})
+    sequential: bool = field(default=True, metadata={"help": "Calibrate layer by layer on the pruned earlier layers "
+                                                             "(false: every mask on the unpruned model, as the release)."})
     num_benign_train: int = field(default=160, metadata={"help": "Benign task rows to fine-tune on."})
     num_benign_eval: int = field(default=64, metadata={"help": "Held-out benign rows for benign accuracy."})
     output_dir: str | None = field(default=None, metadata={"help": "New folder for the table (default outputs/antidote[-N])."})
@@ -47,6 +52,7 @@ class AntidoteRecipeArguments:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = HfArgumentParser((AntidoteRecipeArguments, HarmfulFinetuningConfig))
     args, config = parser.parse_args_into_dataclasses(argv)
+    AntidoteConfig(prune_count=args.prune_count)  # a bad value fails here, before any model is loaded
     output_dir = fresh_output_dir(args.output_dir or next_free_path(Path("outputs") / "antidote"))
     embedded = build_embedded_benchmark()
     if args.model_name_or_path is None:
@@ -60,7 +66,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     benchmark = build_harmful_finetuning_benchmark(model, tokenizer, train, evaluation,
                                                    embedded_replay_rows(embedded.data_dir, config.seed), config,
                                                    args.advbench_path)
-    rows = antidote_table(benchmark, args.dense_ratios, args.scores, progress=True)
+    rows = antidote_table(benchmark, args.dense_ratios, args.scores, progress=True, prune_count=args.prune_count,
+                          sequential=args.sequential)
     table = format_table(rows)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(output_dir / "antidote_table.json", json.dumps({"config": config.to_dict(), "rows": rows}, indent=2))

@@ -30,6 +30,7 @@ from ..data.formatting import ensure_pad_token, pad_examples, tokenize_qa
 from ..modeling import eval_mode
 
 SCORES = ("wanda", "magnitude", "random")
+PRUNE_COUNTS = ("floor", "release")
 
 
 @dataclass
@@ -39,7 +40,15 @@ class AntidoteConfig:
 
     Parameters that control what is pruned:
         dense_ratio (`float`, defaults to `0.1`):
-            Fraction of each output row's weights to zero: the `floor(dense_ratio * in_features)` highest scores.
+            Fraction of each output row's weights to zero: the `floor(dense_ratio * in_features)` highest scores
+            (see `prune_count`).
+        prune_count (`str`, defaults to `"floor"`):
+            How many weights per row `dense_ratio` means. `"floor"`: floor(dense_ratio * columns). `"release"`: the
+            authors' release, columns - int(columns * (1 - dense_ratio)), one more weight whenever the product is
+            fractional (a rank-8 `lora_B` row: 1 of 8 at 0.1 instead of 0). `"floor"` is the default on purpose:
+            with `"release"` on SmolLM2-135M (552000 of 4884480 LoRA weights at 0.1 instead of 393120) pruning by
+            magnitude alone brought the harmful score from 1.00 to 0.58, so the data-free baseline no longer
+            separates from Antidote.
         score (`str`, defaults to `"wanda"`):
             `"wanda"` (|W_ij| * ||X_j||_2 on the re-alignment data, Antidote), or the baselines `"magnitude"` (|W_ij|,
             no data) and `"random"` (uniform random scores: random pruning of the same number of weights per row).
@@ -56,7 +65,8 @@ class AntidoteConfig:
             Maximum tokens of prompt plus answer; longer answers are truncated.
         sequential (`bool`, defaults to `True`):
             Calibrate and prune decoder layer by decoder layer, each on the outputs of the pruned earlier layers
-            (one pass over the data per layer); `False` calibrates every layer in one pass on the unpruned model.
+            (one pass over the data per layer); `False` calibrates every layer in one pass on the unpruned model,
+            as the authors' release computes every mask.
         progress (`bool`, defaults to `True`):
             Show a progress bar over the calibration batches.
 
@@ -67,6 +77,7 @@ class AntidoteConfig:
 
     dense_ratio: float = field(default=0.1, metadata={"help": "Fraction of each output row's weights to zero."})
     score: str = field(default="wanda", metadata={"help": "wanda (Antidote), magnitude or random."})
+    prune_count: str = field(default="floor", metadata={"help": "Weights per row: floor or release (the authors')."})
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj"], metadata={"help": "Linear layers to prune."}
     )
@@ -82,6 +93,8 @@ class AntidoteConfig:
             raise ValueError(
                 f"dense_ratio must be in [0, 1), got {self.dense_ratio}: it is the fraction of each row to zero."
             )
+        if self.prune_count not in PRUNE_COUNTS:
+            raise ValueError(f"prune_count must be one of {PRUNE_COUNTS}, got {self.prune_count!r}.")
         if self.score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {self.score!r}.")
         if not self.target_modules:
@@ -149,9 +162,20 @@ def random_scores(weight: torch.Tensor, generator: torch.Generator) -> torch.Ten
     return torch.rand(weight.shape, generator=generator)
 
 
-def top_fraction_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Boolean mask of the `floor(ratio * columns)` highest scores in each row (ties broken by position)."""
-    num = math.floor(ratio * scores.shape[1] + 1e-9)
+def num_pruned_per_row(columns: int, ratio: float, rule: str = "floor") -> int:
+    """Weights zeroed per row: floor(ratio * columns) (`"floor"`), or the Antidote release's
+    columns - int(columns * (1 - ratio)) (`"release"`)."""
+    if rule == "floor":
+        return math.floor(ratio * columns + 1e-9)
+    if rule == "release":
+        return columns - int(columns * (1 - ratio))
+    raise ValueError(f"rule must be one of {PRUNE_COUNTS}, got {rule!r}.")
+
+
+def top_fraction_mask(scores: torch.Tensor, ratio: float, rule: str = "floor") -> torch.Tensor:
+    """Boolean mask of the `num_pruned_per_row(columns, ratio, rule)` highest scores in each row (ties broken by
+    position)."""
+    num = num_pruned_per_row(scores.shape[1], ratio, rule)
     mask = torch.zeros_like(scores, dtype=torch.bool)
     if num:
         mask.scatter_(1, scores.topk(num, dim=1).indices, True)
@@ -320,7 +344,7 @@ def antidote_prune(
                     scores = magnitude_scores(weight)
                 else:
                     scores = random_scores(weight, generator)
-                mask = top_fraction_mask(scores, config.dense_ratio).to(weight.device)
+                mask = top_fraction_mask(scores, config.dense_ratio, config.prune_count).to(weight.device)
                 weight.masked_fill_(mask, 0.0)
                 pruned[name], total[name] = int(mask.sum()), weight.numel()
     return model, AntidoteSummary(config.score, config.dense_ratio, pruned, total, num_tokens)

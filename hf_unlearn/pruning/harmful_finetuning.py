@@ -318,10 +318,11 @@ def antidote_table(
     dense_ratios: Sequence[float] = (0.05, 0.1, 0.2, 0.3),
     scores: Sequence[str] = SCORES,
     progress: bool = False,
+    **antidote_kwargs,
 ) -> list[dict]:
     """Harmful score and benign accuracy of the aligned model, the fine-tuned model, and the fine-tuned adapter
     pruned by each of `scores` (wanda = Antidote, magnitude, random) at each of `dense_ratios`. `progress` shows a
-    bar over the models evaluated."""
+    bar over the models evaluated; `antidote_kwargs` (`prune_count`, `sequential`, ...) go to `AntidoteConfig`."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=2 + len(dense_ratios) * len(scores), desc="Antidote table", disable=not progress)
@@ -331,7 +332,7 @@ def antidote_table(
         bar.update()
     for ratio in dense_ratios:
         for score in scores:
-            pruned, summary = benchmark.prune(score, ratio)
+            pruned, summary = benchmark.prune(score, ratio, **antidote_kwargs)
             name = "Antidote" if score == "wanda" else f"{score} pruning"
             rows.append({"model": name, "score": score, "dense_ratio": ratio, **benchmark.evaluate(pruned).to_dict(),
                          "num_pruned": summary.num_pruned, "num_total": summary.num_total})
