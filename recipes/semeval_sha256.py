@@ -42,11 +42,12 @@ from hf_unlearn.trainers.layer_constrained import LayerConstrainedConfig, LayerC
 
 # Settings measured to work on the embedded benchmark (forget ROUGE far down, retain ROUGE kept); flags override.
 # Gradient ascent trains until forgotten (forget answer probability <= 0.02, at most 60 epochs) with the retain weight
-# clipped to [8, 12] (`hf_unlearn.pipeline.EMBEDDED_DEFAULTS["layer_constrained"]`, where the measurements are):
+# clipped to [16, 24] (`hf_unlearn.pipeline.EMBEDDED_DEFAULTS["layer_constrained"]`, where the measurements are):
 # the tiny model's retain loss keeps the paper's alpha at its floor 1.2, which let the retain answers go with the
 # forget ones (stopping at 0.12 with alpha 1.2 left forget ROUGE-L at 0.59 x on build seed 0). Measured with these
-# settings on build seed 0 x seeds 0-2: forget ROUGE-L 0.37/0.41/0.43 x and model utility 0.93/0.94/0.92 x finetuned.
-EMBEDDED_DEFAULTS = ["--learning_rate", "5e-4", "--stop_at_forget_prob", "0.02", "--alpha_min", "8", "--alpha_max", "12",
+# settings on build seed 0, seeds 0 and 2: forget ROUGE-L 0.38 / 0.40 x and model utility 0.95 / 0.90 x finetuned
+# (with [8, 12]: seeds 0-2 0.37/0.41/0.43 x at 0.93/0.94/0.92 x; build seed 1, seed 0: 0.17 x at 0.93 x).
+EMBEDDED_DEFAULTS = ["--learning_rate", "5e-4", "--stop_at_forget_prob", "0.02", "--alpha_min", "16", "--alpha_max", "24",
                      "--lr_scheduler_type", "constant", "--num_train_epochs", "60",
                      "--per_device_train_batch_size", "8", "--eval_strategy", "epoch", "--save_strategy", "epoch",
                      "--load_best_model_at_end", "true", "--save_total_limit", "1", "--report_to", "none"]

@@ -90,12 +90,12 @@ def test_only_traced_layers_change_and_the_model_forgets(embedded, finetuned, da
     forget_before, retain_before = mean_rouge(model, tokenizer, forget_rows), mean_rouge(model, tokenizer, retain_rows)
 
     # no layers given: the trainer traces the forget set and trains the suggested layers' MLPs, until forgotten.
-    # The retain weight is the embedded setting (alpha clipped to [8, 12], `pipeline.EMBEDDED_DEFAULTS`): the tiny
+    # The retain weight is the embedded setting (alpha clipped to [16, 24], `pipeline.EMBEDDED_DEFAULTS`): the tiny
     # model's retain CE is ~0.003, so the paper's alpha never leaves its floor 1.2, and at 1.2 the retain answers
     # went as fast as the forget ones (build c2ab539173de2a8d, seeds 0-2, stopped at forget prob 0.2: forget ROUGE-L
     # 0.45-0.64 x with retain 0.83-0.92 x; at 0.05: forget 0.51-0.53 x, retain 0.85-0.93 x).
-    args = config(tmp_path, learning_rate=5e-4, num_train_epochs=60, stop_at_forget_prob=0.02, alpha_min=8.0,
-                  alpha_max=12.0, trace_num_facts=16, trace_num_samples=3, seed=train_seed)
+    args = config(tmp_path, learning_rate=5e-4, num_train_epochs=60, stop_at_forget_prob=0.02, alpha_min=16.0,
+                  alpha_max=24.0, trace_num_facts=16, trace_num_samples=3, seed=train_seed)
     trainer = LayerConstrainedTrainer(model, args, forget_dataset=data["forget10"], retain_dataset=data["retain90"],
                                       processing_class=tokenizer)
     assert trainer.traced is not None and args.layers == trainer.traced.suggested_layers
@@ -110,13 +110,14 @@ def test_only_traced_layers_change_and_the_model_forgets(embedded, finetuned, da
     model.eval()
     forget_after, retain_after = mean_rouge(model, tokenizer, forget_rows), mean_rouge(model, tokenizer, retain_rows)
     assert forget_before > 0.95 and retain_before > 0.95
-    # measured on build c2ab539173de2a8d (build seed 0) x seeds 0-2: forget 0.37/0.40/0.44 x before, retain
-    # 0.98/0.98/0.98 x before, stopped after 120/107/132 steps
+    # measured on build seed 0 (c2ab539173de2a8d) x seeds 0-2: forget 0.38/0.44/0.41 x before, retain 0.98/0.97/0.98 x
+    # before (151/151/179 steps); build seed 1 (ae0d6dc7f0affece): forget 0.17/0.22/0.08 x, retain 0.99/0.97/0.89 x
+    # (148/162/147 steps). With [8, 12] build seed 1 x seed 2 kept retain at 0.78 x only.
     assert trainer.stopped_when_forgotten is not None and trainer.stopped_when_forgotten["forget_prob"] <= 0.02
     assert forget_after < 0.6 * forget_before  # forgotten
     assert retain_after > 0.85 * retain_before  # utility kept
     alphas = [log["alpha"] for log in trainer.state.log_history if "alpha" in log]
-    assert alphas and all(8.0 <= a <= 12.0 for a in alphas)
+    assert alphas and all(16.0 <= a <= 24.0 for a in alphas)
 
 
 def test_explicit_modules_and_errors(embedded, finetuned, data, tmp_path):

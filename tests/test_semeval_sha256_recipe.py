@@ -25,8 +25,9 @@ def test_embedded_benchmark_run(embedded, tmp_path, train_seed):
     results = outcome["results"]
     assert set(results) == {"retain", "finetuned", "sha256"}
     finetuned, unlearned = results["finetuned"], results["sha256"]
-    # measured on build c2ab539173de2a8d (build seed 0) x seeds 0-2: forget ROUGE-L 0.37/0.41/0.43 x, utility
-    # 0.93/0.94/0.92 x finetuned, forget quality 0.69/0.52/0.85 (finetuned 4e-17)
+    # measured on build seed 0 (c2ab539173de2a8d), seeds 0 and 2: forget ROUGE-L 0.38/0.40 x, utility 0.95/0.90 x
+    # finetuned, forget quality 0.69/0.85 (finetuned 4e-17); alpha [8, 12] (seeds 0-2): 0.37/0.41/0.43 x at
+    # 0.93/0.94/0.92 x, and build seed 1 x seed 0: 0.17 x at 0.93 x
     assert unlearned["forget_rougeL_recall"] < 0.5 * finetuned["forget_rougeL_recall"]
     assert unlearned["model_utility"] > 0.8 * finetuned["model_utility"]
     assert unlearned["forget_quality"] > finetuned["forget_quality"]

@@ -10,7 +10,7 @@ where Delta = CE(D_r) - CE_0(D_r), the rise of the batch's retain loss over the 
 epoch (during which alpha = alpha_min); a = 0.3, b = 6, c = 0.8, alpha_min = 1.2, alpha_max = 2.8 as in the paper
 (the authors' release uses 2.3 and rounds alpha to one decimal). Delta is a rise in nats, so on a model whose
 retain loss is near zero (the embedded 4-layer model: ~0.003) alpha stays at alpha_min; the embedded settings raise
-the clip to [8, 12] (`hf_unlearn.pipeline.EMBEDDED_DEFAULTS`, measured there). The best checkpoint is kept by an evaluation
+the clip to [16, 24] (`hf_unlearn.pipeline.EMBEDDED_DEFAULTS`, measured there). The best checkpoint is kept by an evaluation
 score (`selection_score`, see `LayerConstrainedTrainer.evaluate`) through the usual `load_best_model_at_end`.
 """
 
