@@ -31,6 +31,7 @@ from transformers import HfArgumentParser
 from hf_unlearn.editing.causal_tracing import CausalTraceConfig, causal_trace, embedded_facts, qa_fact
 from hf_unlearn.eval.report import write_report
 from hf_unlearn.eval.semeval import SEMEVAL_MAX_NEW_TOKENS
+from hf_unlearn.pipeline import EMBEDDED_DEFAULTS as PIPELINE_DEFAULTS
 from hf_unlearn.pipeline import (
     UnlearnRunArguments,
     default_output_dir,
@@ -47,9 +48,9 @@ from hf_unlearn.trainers.layer_constrained import LayerConstrainedConfig, LayerC
 # forget ones (stopping at 0.12 with alpha 1.2 left forget ROUGE-L at 0.59 x on build seed 0). Measured with these
 # settings on build seed 0, seeds 0 and 2: forget ROUGE-L 0.38 / 0.40 x and model utility 0.95 / 0.90 x finetuned
 # (with [8, 12]: seeds 0-2 0.37/0.41/0.43 x at 0.93/0.94/0.92 x; build seed 1, seed 0: 0.17 x at 0.93 x).
-EMBEDDED_DEFAULTS = ["--learning_rate", "5e-4", "--stop_at_forget_prob", "0.02", "--alpha_min", "16", "--alpha_max", "24",
-                     "--lr_scheduler_type", "constant", "--num_train_epochs", "60",
-                     "--per_device_train_batch_size", "8", "--eval_strategy", "epoch", "--save_strategy", "epoch",
+EMBEDDED_DEFAULTS = [*(arg for key, value in PIPELINE_DEFAULTS["layer_constrained"].items()
+                       for arg in (f"--{key}", str(value))),
+                     "--eval_strategy", "epoch", "--save_strategy", "epoch",
                      "--load_best_model_at_end", "true", "--save_total_limit", "1", "--report_to", "none"]
 # Evaluation as the official scorer: SEMEVAL_MAX_NEW_TOKENS (256, its --max_new_tokens default).
 SEMEVAL_DEFAULTS = ["--learning_rate", "2e-5", "--lr_scheduler_type", "constant", "--num_train_epochs", "3",
