@@ -9,6 +9,28 @@ from hf_unlearn.finetune import keep_freed_memory
 # SmolLM2 scoring pass spent 3.8 s of 27 s in the kernel without this, 0.5 s of 20 s with it (measured side by side).
 keep_freed_memory()
 
+
+def _share_the_cores_between_workers() -> None:
+    """Under pytest-xdist (`make test` runs `-n 2`), each worker gets its share of the cores, also for the
+    subprocesses it starts: two workers at two intra-op threads each would fight over 2 cores."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        torch.set_num_threads(threads)
+
+
+_share_the_cores_between_workers()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests marked `slow` first (in their file order), so that under pytest-xdist the longest ones start
+    early and the short ones fill the gaps, instead of one long test starting last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("HF_UNLEARN_SHARED_DATA", REPO.parent / "shared" / "data"))
 # The training seed of the tests marked `quality` (they assert that a method forgets and keeps on the embedded
@@ -54,8 +76,26 @@ def embedded():
 
 @pytest.fixture(scope="session")
 def finetuned(embedded):
+    """The embedded finetuned model and its tokenizer, shared by the tests of a process; `_restore_finetuned` puts
+    back its weights, trainable flags and eval mode after every test that used it (a test that froze or pruned it
+    broke later tests, depending on which tests ran before in the same worker)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(embedded.finetuned_dir), AutoTokenizer.from_pretrained(
-        embedded.finetuned_dir
-    )
+    model = AutoModelForCausalLM.from_pretrained(embedded.finetuned_dir)
+    _SNAPSHOTS[id(model)] = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    return model, AutoTokenizer.from_pretrained(embedded.finetuned_dir)
+
+
+_SNAPSHOTS: dict[int, dict] = {}
+
+
+@pytest.fixture(autouse=True)
+def _restore_finetuned(request):
+    yield
+    if "finetuned" not in request.fixturenames:
+        return
+    model = request.getfixturevalue("finetuned")[0]
+    snapshot = _SNAPSHOTS.get(id(model))
+    if snapshot is not None:
+        model.load_state_dict(snapshot, strict=False)
+        model.requires_grad_(True).eval()
