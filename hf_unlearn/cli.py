@@ -11,15 +11,17 @@ import os
 import sys
 from pathlib import Path
 
+from .errors import run_command
 from .eval.semeval import SEMEVAL_MAX_NEW_TOKENS
-from .eval.tofu import TOFU_MAX_NEW_TOKENS
+from .eval.muse import MUSE_MAX_LENGTH
+from .eval.tofu import TOFU_MAX_LENGTH, TOFU_MAX_NEW_TOKENS
 
 DEFAULT_DATA = {
     "tofu": "locuslab/TOFU",
     "muse": "muse-bench/MUSE-News",
     "semeval": "llmunlearningsemeval2025organization/semeval25-unlearning-dataset-public",
 }
-DEFAULT_MAX_LENGTH = {"tofu": 256, "embedded": 256, "muse": 2048, "semeval": 2048}
+DEFAULT_MAX_LENGTH = {"tofu": TOFU_MAX_LENGTH, "embedded": TOFU_MAX_LENGTH, "muse": MUSE_MAX_LENGTH, "semeval": 2048}
 # TOFU: open-unlearning's generation length; SemEval: the official scorer's
 DEFAULT_MAX_NEW_TOKENS = {"tofu": TOFU_MAX_NEW_TOKENS, "embedded": TOFU_MAX_NEW_TOKENS, "semeval": SEMEVAL_MAX_NEW_TOKENS}
 
@@ -49,8 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `hf-unlearn` console script."""
+    """Entry point of the `hf-unlearn` console script: a failure is one line on stderr and exit status 1
+    (`--traceback` or `HF_UNLEARN_DEBUG=1` shows the traceback; `hf_unlearn.errors`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    return run_command(_dispatch, argv, prog=f"hf-unlearn {command}" if command else "hf-unlearn")
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv[:1] == ["unlearn"]:  # TrainingArguments-style flags: parsed by HfArgumentParser, as in the recipes
         from .pipeline import unlearn_main
 
@@ -65,10 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         generate_main([a for a in argv[1:] if a != "--cleangen"], prog="hf-unlearn generate --cleangen")
         return 0
     args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except FileExistsError as error:  # an earlier run's folder: say so without a traceback
-        raise SystemExit(f"hf-unlearn {argv[0]}: {error}") from None
+    return args.handler(args)
 
 
 def _examples(*lines: str) -> dict:
@@ -199,6 +204,10 @@ def _run_eval(args) -> int:
         if args.model is None:
             models["finetuned"] = str(benchmark.finetuned_dir)
     data = data or DEFAULT_DATA[args.benchmark]
+    if args.reference is not None:  # a bad file fails now, not after a model has loaded
+        from .eval.tofu import load_reference
+
+        load_reference(args.reference)
     if args.benchmark == "muse":  # a wrong folder fails now, not after a model has loaded
         from .eval.muse import check_muse_data
 
@@ -308,10 +317,17 @@ def _run_stamp(args) -> int:
     import json
 
     from .editing import stamp
-    from .editing.stamp import answer_scores
+    from .editing.stamp import StampConfig, answer_scores
     from .files import atomic_write, fresh_output_dir
     from .modeling import load_causal_lm
 
+    for flag in ("prompt", "answer"):
+        if not getattr(args, flag).strip():
+            raise ValueError(f"--{flag} is empty; STAMP needs the question and the answer to forget (an empty answer "
+                             "would teach the model to answer nothing).")
+    if args.rank is not None and args.rank < 1:
+        raise ValueError(f"--rank must be at least 1, got {args.rank}; leave it out for the full edit.")
+    StampConfig(delivery=args.delivery, layers=args.layers, rank=args.rank)  # bad --layers fail before the model loads
     output_dir = fresh_output_dir(args.output_dir)
     retain = None
     if args.retain_questions:
@@ -373,9 +389,11 @@ def _add_relapse_parser(subparsers) -> None:
 
 
 def _run_relapse(args) -> int:
-    from .eval.quantization import evaluate_relapse, relapse_markdown, write_relapse_report
+    from .eval.quantization import evaluate_relapse, parse_precision, relapse_markdown, write_relapse_report
     from .modeling import load_causal_lm
 
+    for precision in args.precisions:
+        parse_precision(precision)  # an unknown precision fails before any model loads
     state = _distributed_state()
     data, original = args.data, args.original
     if args.benchmark == "embedded":
@@ -385,6 +403,10 @@ def _run_relapse(args) -> int:
         data = data or str(benchmark.data_dir)
         original = original or str(benchmark.finetuned_dir)
     data = data or DEFAULT_DATA["tofu"]
+    if original is not None:
+        from .modeling import check_same_architecture
+
+        check_same_architecture(args.model, original)
     model, tokenizer = load_causal_lm(args.model, trust_remote_code=args.trust_remote_code)
     model.to(_device(state))
     if original is not None:
@@ -438,9 +460,10 @@ def _run_antidote(args) -> int:
     from .files import atomic_write, fresh_output_dir
     from .pruning import AntidoteConfig, antidote_prune
 
-    output_dir = fresh_output_dir(args.output_dir)
     config = AntidoteConfig(dense_ratio=args.dense_ratio, score=args.score, target_modules=args.target_modules)
     rows = _realignment_rows(args.realignment_data)[: args.max_rows] if args.score == "wanda" else None
+    _check_prunable_before_loading(args.model_name_or_path, config, args.trust_remote_code)
+    output_dir = fresh_output_dir(args.output_dir)
     model, tokenizer = _load_model_or_adapter(args.model_name_or_path, args.trust_remote_code)
     model, summary = antidote_prune(model, tokenizer, rows, config)
     model.save_pretrained(output_dir)
@@ -456,23 +479,58 @@ def _realignment_rows(path: str | None) -> list[dict]:
 
     if path is None or path.endswith(".csv"):
         return compliance_rows(load_advbench(path))
+    from .data.tofu import read_json_lines
+
+    rows = read_json_lines(path)
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict) or not {"question", "answer"} <= set(row):
+            raise ValueError(f"{path}: row {number} lacks 'question' or 'answer'; --realignment_data needs JSON lines "
+                             "with both (or AdvBench's harmful_behaviors.csv).")
+    if not rows:
+        raise ValueError(f"{path} holds no rows; --realignment_data needs JSON lines with 'question' and 'answer'.")
+    return rows
+
+
+def _check_prunable_before_loading(name_or_path: str, config, trust_remote_code: bool) -> None:
+    """Refuse `--target_modules` that name no linear layer of the model (or no module of the adapter), from the
+    configs alone: the model is built on the meta device, without its weights."""
     import json
 
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    if not rows or not {"question", "answer"} <= set(rows[0]):
-        raise SystemExit(f"hf-unlearn antidote: {path} needs JSON lines with 'question' and 'answer'.")
-    return rows
+    from .modeling import check_model_folder, looks_local
+
+    folder = Path(name_or_path)
+    if (folder / "adapter_config.json").is_file():
+        check_model_folder(folder, adapter=True)
+        adapted = json.loads((folder / "adapter_config.json").read_text()).get("target_modules")
+        if isinstance(adapted, list) and not set(config.target_modules) & set(adapted):
+            raise ValueError(f"The adapter in {folder} adapts {sorted(adapted)}, none of --target_modules "
+                             f"{config.target_modules}; name some of its modules.")
+        return
+    if folder.suffix == ".gguf" or not looks_local(name_or_path):
+        return  # checked once loaded
+    check_model_folder(folder)
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .pruning.antidote import find_prunable_linears
+
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code),
+                                                    trust_remote_code=trust_remote_code)
+    find_prunable_linears(skeleton, config)
 
 
 def _load_model_or_adapter(name_or_path: str, trust_remote_code: bool):
     """A PEFT adapter folder loads with its base model (as a PeftModel); anything else through `load_causal_lm`."""
-    from .modeling import load_causal_lm
+    from .modeling import check_model_folder, load_causal_lm
 
     if Path(name_or_path, "adapter_config.json").is_file():
         from peft import AutoPeftModelForCausalLM
         from transformers import AutoTokenizer
 
-        model = AutoPeftModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        check_model_folder(name_or_path, adapter=True)  # safetensors only, as for models
+        model = AutoPeftModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
+                                                         use_safetensors=True)
         return model, AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     return load_causal_lm(name_or_path, trust_remote_code=trust_remote_code)
 

@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+WRITE_CHECK_PREFIX = ".write-check."  # `check_writable`'s probe file (gone at once; other processes may glimpse it)
+
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     """Write `data` to `path` through a temporary file in the same folder and a rename: readers never see a
@@ -23,21 +25,77 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     return path
 
 
-def next_free_path(base: str | os.PathLike, suffix: str = "") -> Path:
-    """`base + suffix`, or `base-2 + suffix`, `base-3 + suffix`, ...: the first that does not exist (earlier
-    results are never reused)."""
+def claim_fresh_path(base: str | os.PathLike, suffix: str = "", directory: bool = True, numbered: bool = True) -> Path:
+    """Create and return `base + suffix`, or else the first free of `base-2 + suffix`, `base-3 + suffix`, ...,
+    atomically (`mkdir`, or an exclusive create of an empty file): two runs started together never get the same
+    one, and earlier results are never reused. `numbered=False`: only `base + suffix`, `FileExistsError` when it
+    exists (a path the user named)."""
     base = Path(base)
-    candidate, n = base.with_name(base.name + suffix), 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}{suffix}")
-    return candidate
+    base.parent.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        if n > 1 and not numbered:
+            raise FileExistsError(f"{base}{suffix} exists; pick a new name (earlier results are kept).")
+        candidate = base.with_name(base.name + suffix if n == 1 else f"{base.name}-{n}{suffix}")
+        try:
+            if directory:
+                candidate.mkdir()
+            else:
+                os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return candidate
+        except FileExistsError:
+            n += 1
 
 
 def fresh_output_dir(path: str | os.PathLike) -> Path:
-    """`path` as a `Path`, refused with `FileExistsError` when it already holds files: a run never writes over
-    earlier results."""
+    """`path` as a `Path`, created when absent, refused with `FileExistsError` when it already holds files (a run
+    never writes over earlier results) and with `PermissionError` when it cannot be written (found before any
+    model loads)."""
     path = Path(path)
-    if path.exists() and any(path.iterdir()):
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"--output_dir {path} is a file; pick a folder that does not exist yet.")
+    if path.exists() and any(not p.name.startswith(WRITE_CHECK_PREFIX) for p in path.iterdir()):
         raise FileExistsError(f"{path} already holds files; pick a new --output_dir.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PermissionError(f"cannot create --output_dir {path} ({error.strerror}); pick a writable folder.") from None
+    check_writable(path)
     return path
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Refuse a folder this process cannot write, by writing and removing a small file in it (permission bits do
+    not tell about read-only mounts or a full disk)."""
+    folder = Path(folder)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=WRITE_CHECK_PREFIX, dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise PermissionError(f"cannot write in {folder} ({error.strerror}); pick a writable --output_dir.") from None
+
+
+def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
+    """A `checkpoint-N` folder the Trainer finished writing: its `trainer_state.json`, written after the weights,
+    optimizer and RNG states, is there and parses (a run killed or out of disk mid-save leaves a folder without)."""
+    import json
+
+    state = Path(folder) / "trainer_state.json"
+    try:
+        json.loads(state.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The `checkpoint-N` under `output_dir` with the largest N that is complete (`is_complete_checkpoint`)."""
+    import re
+
+    found = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if match and path.is_dir() and is_complete_checkpoint(path):
+            found.append((int(match.group(1)), path))
+    return max(found)[1] if found else None

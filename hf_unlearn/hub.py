@@ -206,6 +206,6 @@ def push_unlearned(
         raise PushError(
             f"Upload of {model_dir} to {repo_id} failed ({type(error).__name__}: {error}). The local folder is "
             f"complete (weights, tokenizer, README.md card, evaluation files). Retry with:\n"
-            f"    hf-unlearn push --run_dir {run_dir} --repo_id {repo_id}"
+            f"    hf-unlearn push --run_dir {run_dir} --hub_model_id {repo_id}"
         ) from error
     return str(url)

@@ -45,6 +45,8 @@ def load_causal_lm(
         if not path.is_file():
             raise FileNotFoundError(f"No GGUF file at {path}.")
         name_or_path, gguf_file = str(path.parent), path.name
+    elif gguf_file is None and looks_local(name_or_path):
+        check_model_folder(path)
     kwargs = {"trust_remote_code": trust_remote_code, **model_kwargs}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
@@ -57,7 +59,15 @@ def load_causal_lm(
     tokenizer_kwargs = {"trust_remote_code": trust_remote_code}
     if gguf_file is not None:
         tokenizer_kwargs["gguf_file"] = gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), **tokenizer_kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), **tokenizer_kwargs)
+    except OSError as error:
+        if gguf_file is not None or looks_local(name_or_path):
+            raise
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise OSError(f"Cannot load {name_or_path!r} from the Hub or the local cache ({first_line}); check the name "
+                      "(org/name on huggingface.co; a local folder must exist), and offline set HF_HUB_OFFLINE=1 to use "
+                      "the cache only.") from None
     model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
     if gguf_file is not None:
         # A GGUF load dequantizes into a plain model; drop the quantizer so it saves and trains as one.
@@ -69,6 +79,63 @@ def load_causal_lm(
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin")
+
+
+def looks_local(name_or_path: str | Path) -> bool:
+    """A local path rather than a Hub name (`org/name`): it exists, or is written as a path (`./x`, `/x`, `~/x`,
+    `a/b/c`)."""
+    text = str(name_or_path)
+    return (Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or text.count("/") > 1
+            or "\\" in text)
+
+
+def check_model_folder(path: str | Path, adapter: bool = False) -> None:
+    """Refuse, before anything loads, a local model (or PEFT adapter) folder that is missing, is not a model folder,
+    or holds its weights only as pickles (`pytorch_model.bin`: loading one can run arbitrary code; hf_unlearn
+    loads safetensors only)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"No model at {path}: the folder does not exist (a Hub model is named org/name).")
+    if not path.is_dir():
+        raise ValueError(f"{path} is a file, not a model folder (give the folder holding config.json, or a .gguf file).")
+    config = "adapter_config.json" if adapter else "config.json"
+    if not (path / config).is_file():
+        raise FileNotFoundError(
+            f"{path} is not a {'PEFT adapter' if adapter else 'transformers model'} folder: it has no {config} (such a "
+            "folder is written by save_pretrained)."
+        )
+    if not any(path.glob("*.safetensors")) and any((path / name).is_file() for name in PICKLE_WEIGHTS):
+        raise ValueError(
+            f"{path} holds its weights only as a pickle (*.bin); hf_unlearn loads safetensors only, since a pickle "
+            "can run code when loaded. If you trust the file, convert it once: load it with transformers "
+            "(use_safetensors=False) and save_pretrained() it to a new folder."
+        )
+
+
+ARCHITECTURE_FIELDS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size")
+
+
+def check_same_architecture(name_or_path: str | Path, other: str | Path, what: str = "--original") -> None:
+    """Refuse, from the two local folders' config.json alone (before any weights load), a model of another
+    architecture or size than `name_or_path` (comparing them weight by weight would fail or mean nothing)."""
+    import json
+
+    if not (looks_local(name_or_path) and looks_local(other)):
+        return
+    configs = []
+    for folder in (name_or_path, other):
+        path = Path(folder).expanduser() / "config.json"
+        if not path.is_file():
+            return  # a GGUF file or not a folder: checked when loaded
+        configs.append(json.loads(path.read_text()))
+    differing = [f"{key} {configs[0].get(key)} vs {configs[1].get(key)}" for key in ARCHITECTURE_FIELDS
+                 if configs[0].get(key) != configs[1].get(key)]
+    if differing:
+        raise ValueError(f"{what} {other} is not the same architecture as {name_or_path} ({'; '.join(differing)}); "
+                         "pass the model it was unlearned from.")
 
 
 def load_smollm2(dtype=None):

@@ -14,7 +14,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 
 from .data.tofu import load_tofu_split, retain_split_for
 from .eval.distributed import destroy_process_group_at_exit
-from .files import atomic_write, next_free_path
+from .files import atomic_write, claim_fresh_path
 
 
 @dataclass
@@ -57,13 +57,26 @@ class UnlearnRunArguments:
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
 
+    def __post_init__(self):
+        from .eval.quantization import parse_precision
+        from .trainers import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown method {self.method!r}; choose one of {sorted(METHODS)}.")
+        if self.lora_r < 0:
+            raise ValueError(f"lora_r must be 0 (train the full model) or a LoRA rank >= 1, got {self.lora_r}; e.g. 16.")
+        if self.relapse:
+            for precision in self.relapse_precisions:
+                parse_precision(precision)  # an unknown precision fails now, not after training
+
 
 def default_output_dir(name: str, config) -> str:
-    """A fresh `outputs/<name>[-N]` folder name, the same on every process."""
+    """A fresh `outputs/<name>[-N]` folder, created by the main process (atomically: two runs started together get
+    two folders) and the same on every process."""
     state = distributed_state(config)
     chosen = [None]
     if state.is_main_process:
-        chosen = [str(next_free_path(Path("outputs") / name))]
+        chosen = [str(claim_fresh_path(Path("outputs") / name))]
     if state.num_processes > 1:
         broadcast_object_list(chosen)
     return chosen[0]
@@ -77,12 +90,51 @@ def distributed_state(config) -> PartialState:
 
 
 def _check_output_dir(config) -> None:
+    """Refuse, before anything loads, an output folder that holds an earlier run (unless resuming it), is a file,
+    or cannot be written."""
+    from .files import WRITE_CHECK_PREFIX, check_writable
+
     out = Path(config.output_dir)
-    if out.exists() and any(out.iterdir()) and not (config.resume_from_checkpoint or config.overwrite_output_dir):
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--output_dir {out} is a file; pick a folder that does not exist yet.")
+    holds_files = out.exists() and any(not p.name.startswith(WRITE_CHECK_PREFIX) for p in out.iterdir())
+    if holds_files and not config.resume_from_checkpoint:
         raise FileExistsError(
             f"{out} already holds results; pick a new --output_dir, or pass --resume_from_checkpoint to continue "
             "that run (earlier results are never overwritten)."
         )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PermissionError(f"cannot create --output_dir {out} ({error.strerror}); pick a writable folder.") from None
+    check_writable(out)
+
+
+RESUME_LAST = ("true", "last", "yes", "1")
+
+
+def resolve_resume_checkpoint(config) -> None:
+    """`--resume_from_checkpoint true` (or `last`) becomes the last complete checkpoint of `--output_dir`; a named
+    checkpoint must be complete. Checked before anything loads: an incomplete checkpoint (a run killed while
+    saving) would otherwise fail after the evaluations."""
+    from .files import is_complete_checkpoint, last_complete_checkpoint
+
+    value = config.resume_from_checkpoint
+    if value is None or str(value).lower() in ("false", "no", "0", ""):
+        config.resume_from_checkpoint = None
+        return
+    if str(value).lower() in RESUME_LAST:
+        last = last_complete_checkpoint(config.output_dir)
+        if last is None:
+            raise FileNotFoundError(f"--resume_from_checkpoint {value}: {config.output_dir} holds no complete "
+                                    "checkpoint-N folder (one with trainer_state.json); start a new run instead.")
+        config.resume_from_checkpoint = str(last)
+        return
+    if not is_complete_checkpoint(value):
+        last = last_complete_checkpoint(Path(value).parent) if Path(value).parent.is_dir() else None
+        hint = f"resume from {last} (the last complete one)" if last else "start a new run"
+        raise FileNotFoundError(f"--resume_from_checkpoint {value} is not a complete checkpoint (no readable "
+                                f"trainer_state.json: the run stopped while saving it); {hint}.")
 
 
 def resolve_benchmark(run: UnlearnRunArguments) -> UnlearnRunArguments:
@@ -151,15 +203,27 @@ def run_unlearning(run: UnlearnRunArguments, config) -> dict:
     config_class, trainer_class = METHODS[run.method]
     if not isinstance(config, config_class):
         raise TypeError(f"Method {run.method!r} needs a {config_class.__name__}, got {type(config).__name__}.")
+    resolve_resume_checkpoint(config)
     _check_output_dir(config)
     push_to_hub, config.push_to_hub = config.push_to_hub, False  # pushed once at the end, with the model card
     if push_to_hub and not config.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id user-or-org/name (the repository to create or update).")
+    if push_to_hub:
+        from .hub import HUB_ID
+
+        if not HUB_ID.match(config.hub_model_id):
+            raise ValueError(f"--hub_model_id {config.hub_model_id!r} is not of the form user-or-org/name.")
     run = resolve_benchmark(run)
     retain_split = run.retain_split or retain_split_for(run.forget_split)
     forget = load_tofu_split(run.dataset, run.forget_split)
     retain = load_tofu_split(run.dataset, retain_split)
+    from .trainers.base import check_forget_retain_overlap, question_answer_rows
+
+    check_forget_retain_overlap(question_answer_rows(forget, run.forget_split),  # bad rows fail now, not after
+                                question_answer_rows(retain, retain_split))     # the reference evaluation
     load_tofu_split(run.dataset, f"{run.forget_split}_perturbed")  # fail now, not after training
+    if run.holdout_split is not None:
+        load_tofu_split(run.dataset, run.holdout_split)
     config.eval_data = config.eval_data or run.dataset
     config.eval_forget_split = run.forget_split
     config.eval_holdout_split = config.eval_holdout_split or run.holdout_split

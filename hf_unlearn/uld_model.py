@@ -198,6 +198,18 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
+def _saved_tokenizer(folder: Path):
+    """The tokenizer `ULDModel.save_pretrained` (or `ULDTrainer.save_model`) wrote into `folder`, or None."""
+    from transformers import AutoTokenizer
+
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception:  # unreadable tokenizer files: the saved fingerprint is compared instead
+        return None
+
+
 @dataclass
 class ULDCache:
     """The KV caches of both models, kept side by side; `batch_select_indices` and `crop` act on both."""
@@ -424,8 +436,12 @@ class ULDModel(nn.Module):
     def from_pretrained(cls, directory: str | os.PathLike, target=None, tokenizer=None, **load_kwargs) -> ULDModel:
         """Load a saved ULD model: the target from its saved reference (with `load_causal_lm(**load_kwargs)`) or
         the given `target` (and its `tokenizer`), the assistant rebuilt from it with the saved adapter. A target whose
-        vocabulary or tokenizer differs from the one the assistant was trained with is refused."""
+        vocabulary or tokenizer differs from the one the assistant was trained with is refused: the target's tokenizer
+        (given, else the one saved with the target) is compared with the one saved in `directory` (token -> id map
+        and BOS, EOS and pad tokens), else with its saved fingerprint, else only the vocabulary sizes are."""
         from peft import PeftModel
+
+        from .compatibility import check_same_tokenizer, tokenizer_of
 
         folder = Path(directory)
         config_path = folder / ULD_CONFIG_NAME
@@ -440,11 +456,22 @@ class ULDModel(nn.Module):
 
             target, loaded_tokenizer = load_causal_lm(config["target_name_or_path"], **load_kwargs)
             tokenizer = tokenizer or loaded_tokenizer
+        elif tokenizer is None:
+            tokenizer = tokenizer_of(target)
         if vocabulary_size(target) != config["vocab_size"]:
             raise ValueError(
                 f"ULD needs the assistant to share the target's tokenizer: the assistant in {folder} was trained "
                 f"with {config['vocab_size']} tokens, the target has {vocabulary_size(target)}. Load the target it "
                 f"was built from ({config['target_name_or_path']})."
+            )
+        trained_tokenizer = _saved_tokenizer(folder) if tokenizer is not None else None
+        if trained_tokenizer is not None:
+            check_same_tokenizer(
+                trained_tokenizer, tokenizer,
+                requirement=f"ULD needs the target to use the tokenizer the assistant in {folder} was trained with, "
+                            "not another vocabulary",
+                expected_role="its tokenizer", actual_role="the target's",
+                fix=f"load the target it was built from ({config['target_name_or_path']}) with its tokenizer",
             )
         trained_with = config.get("tokenizer_fingerprint")
         if tokenizer is not None and trained_with is not None and trained_with != tokenizer_fingerprint(tokenizer):

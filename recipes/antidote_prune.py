@@ -13,14 +13,16 @@ flag. The benign task is the embedded benchmark's question-topic classification 
 """
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import HfArgumentParser
 
 from hf_unlearn.embedded_benchmark import build_embedded_benchmark
+from hf_unlearn.errors import run_command
 from hf_unlearn.modeling import load_causal_lm, load_smollm2
-from hf_unlearn.files import atomic_write, fresh_output_dir, next_free_path
+from hf_unlearn.files import atomic_write, claim_fresh_path, fresh_output_dir
 from hf_unlearn.pruning.antidote import AntidoteConfig
 from hf_unlearn.pruning.harmful_finetuning import (
     HarmfulFinetuningConfig,
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = HfArgumentParser((AntidoteRecipeArguments, HarmfulFinetuningConfig))
     args, config = parser.parse_args_into_dataclasses(argv)
     AntidoteConfig(prune_count=args.prune_count)  # a bad value fails here, before any model is loaded
-    output_dir = fresh_output_dir(args.output_dir or next_free_path(Path("outputs") / "antidote"))
+    output_dir = fresh_output_dir(args.output_dir) if args.output_dir else claim_fresh_path(Path("outputs") / "antidote")
     embedded = build_embedded_benchmark()
     if args.model_name_or_path is None:
         model, tokenizer = load_causal_lm(embedded.finetuned_dir)
@@ -78,4 +80,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

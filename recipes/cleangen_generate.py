@@ -13,7 +13,10 @@ are formatted as in training (the chat template when the tokenizer has one). Eve
 the main process writes `--output_file` (JSON lines: prompt, answer, replaced tokens) and prints a summary.
 """
 
+import sys
+
 from hf_unlearn.decoding.generate import generate_main
+from hf_unlearn.errors import run_command
 
 if __name__ == "__main__":
-    generate_main()
+    sys.exit(run_command(generate_main))

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from hf_unlearn.errors import run_command
 from hf_unlearn.editing.causal_tracing import CausalTraceConfig, causal_trace, embedded_facts, qa_fact
 from hf_unlearn.eval.report import write_report
 from hf_unlearn.eval.semeval import SEMEVAL_MAX_NEW_TOKENS
@@ -198,4 +199,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -26,11 +26,12 @@ import torch
 from transformers import HfArgumentParser
 
 from hf_unlearn.data import load_tofu_split
+from hf_unlearn.errors import run_command
 from hf_unlearn.data.tofu import retain_split_for
 from hf_unlearn.editing import StampConfig, stamp_edit
 from hf_unlearn.editing.stamp import answer_scores
 from hf_unlearn.eval import evaluate_tofu, write_report
-from hf_unlearn.files import next_free_path
+from hf_unlearn.files import claim_fresh_path
 from hf_unlearn.modeling import load_causal_lm
 from hf_unlearn.pipeline import resolve_benchmark
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not all(0 <= i < len(forget_rows) for i in run.forget_items):
         raise ValueError(f"--forget_items must be indices into {run.forget_split} (0..{len(forget_rows) - 1}).")
     facts = [forget_rows[i] for i in run.forget_items]
-    output_dir = Path(run.output_dir or next_free_path(Path("outputs") / f"stamp_{run.forget_split}"))
+    output_dir = Path(run.output_dir) if run.output_dir else claim_fresh_path(Path("outputs") / f"stamp_{run.forget_split}")
     if (output_dir / "model").exists():
         raise FileExistsError(f"{output_dir}/model exists; pick a new --output_dir (results are never overwritten).")
     retain = load_tofu_split(run.dataset, run.retain_split or retain_split_for(run.forget_split))
@@ -120,4 +121,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -10,7 +10,11 @@ github.com/UCSB-NLP-Chang/ULD); add such columns to the forget data and name the
 `perturbed_answer` are refused: the truth ratio scores them.
 The saved `<output_dir>/model` loads with `hf_unlearn.uld_model.ULDModel.from_pretrained`."""
 
+import sys
+
 from tofu_unlearn import main
 
+from hf_unlearn.errors import run_command
+
 if __name__ == "__main__":
-    main(method="uld")
+    sys.exit(run_command(lambda argv: main(argv, method="uld")))

@@ -10,6 +10,7 @@ Every `UnlearnConfig`/`TrainingArguments` flag and the method's own flags (e.g. 
 
 import sys
 
+from hf_unlearn.errors import run_command
 from hf_unlearn.pipeline import unlearn_main
 
 
@@ -18,4 +19,4 @@ def main(argv: list[str] | None = None, method: str | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

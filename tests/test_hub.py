@@ -76,7 +76,7 @@ def run(embedded, hub, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("runs") / "grad_diff"
     command = [*CLI, "unlearn", "--method", "grad_diff", "--output_dir", str(output_dir), "--max_steps", "3",
                "--per_device_train_batch_size", "4", "--learning_rate", "5e-4", "--eval_max_items", "8",
-               "--report_to", "none", "--push_to_hub", "--hub_model_id", "me/embedded-forget10"]
+               "--report_to", "none", "--push_to_hub", "--hub_model_id", "me/embedded-forget10", "--hub_token", TOKEN]
     completed = subprocess.run(command, env=cli_env(hub), capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return output_dir, completed
@@ -116,12 +116,18 @@ def test_recipe_push_sends_model_card_and_report(run):
     assert ModelCard(files["README.md"].decode()).data.tags[0] == "unlearning"
 
 
-def test_token_is_never_printed_or_saved(run):
+def test_token_is_never_printed_saved_or_uploaded(run):
+    """The run got the token as `--hub_token` (and HF_TOKEN): it is in no output, no file of the run (the model's
+    and the checkpoints' training_args.bin included), and no uploaded file."""
     output_dir, completed = run
     assert TOKEN not in completed.stdout + completed.stderr
-    for path in output_dir.rglob("*"):
-        if path.is_file():
-            assert TOKEN.encode() not in path.read_bytes(), path
+    written = [path for path in output_dir.rglob("*") if path.is_file()]
+    assert any(path.name == "training_args.bin" for path in written)
+    for path in written:
+        assert TOKEN.encode() not in path.read_bytes(), path
+    uploaded = committed_files("me/embedded-forget10")
+    assert "training_args.bin" in uploaded
+    assert [name for name, content in uploaded.items() if TOKEN.encode() in content] == []
 
 
 def test_failed_push_keeps_the_local_folder_and_says_how_to_retry(run, tmp_path):

@@ -85,12 +85,15 @@ def encode_answer(tokenizer, answer: str) -> list[int]:
     return ids
 
 
-def context_length(tokenizer, model_config=None, max_length: int | None = None) -> int:
-    """The number of tokens an example may have: `max_length`, else the model's context, else the tokenizer's."""
+def example_token_limit(tokenizer, model_config=None, max_length: int | None = None) -> int:
+    """The number of tokens an example may have: `max_length`, else the model's context
+    (`hf_unlearn.compatibility.context_length` of `model_config`), else the tokenizer's."""
+    from ..compatibility import context_length as model_context_length
+
     if max_length is not None:
         return max_length
-    if model_config is not None and getattr(model_config, "max_position_embeddings", None):
-        return int(model_config.max_position_embeddings)
+    if model_config is not None and (limit := model_context_length(model_config)) is not None:
+        return limit
     limit = getattr(tokenizer, "model_max_length", None)
     return int(limit) if limit and limit < 1_000_000 else 2048
 

@@ -40,6 +40,12 @@ def load_tofu_split(name_or_path: str | os.PathLike, split: str) -> Dataset:
 
     Raises a `ValueError` naming the problem when the split or one of its columns is missing, or it is empty.
     """
+    given = Path(str(name_or_path)).expanduser()
+    if given.is_file():
+        raise ValueError(f"{given} is a file; give the folder that holds it (a TOFU-schema folder has one JSON-lines "
+                         f"file per split: --dataset {given.parent} --forget_split {given.stem.split('.')[0]}).")
+    if not given.exists() and str(name_or_path).startswith((".", "/", "~")):
+        raise FileNotFoundError(f"No data folder at {given} (a Hub data set is named org/name, e.g. {TOFU_HUB_NAME}).")
     if is_local_dataset(name_or_path):
         folder = Path(name_or_path).expanduser()
         candidates = [folder / f"{split}.json", folder / f"{split}.jsonl"]
@@ -51,7 +57,7 @@ def load_tofu_split(name_or_path: str | os.PathLike, split: str) -> Dataset:
                 f"{available or 'none'}. A TOFU-schema folder holds one JSON-lines file per split."
             )
         source = str(path)
-        dataset = Dataset.from_list(_read_json_lines(path))
+        dataset = Dataset.from_list(read_json_lines(path))
     else:
         dataset = load_dataset(str(name_or_path), split, split="train")
         source = f"{name_or_path} (config {split})"
@@ -66,9 +72,18 @@ def load_tofu_split(name_or_path: str | os.PathLike, split: str) -> Dataset:
     return dataset
 
 
-def _read_json_lines(path: Path) -> list[dict]:
+def read_json_lines(path: str | os.PathLike) -> list[dict]:
+    """The rows of a JSON-lines file; a missing file, non-UTF-8 text or a line that is not JSON is a `ValueError`
+    naming the file and line."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"No file at {path}.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text (byte {error.start}); save it as UTF-8 JSON lines.") from None
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
                 rows.append(json.loads(line))

@@ -18,6 +18,7 @@ the reference scores per forward pass.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -25,6 +26,7 @@ from transformers import DynamicCache, LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 from transformers.generation.stopping_criteria import StopStringCriteria
 
+from ..compatibility import check_same_tokenizer, context_length, tokenizer_of
 from ..data.formatting import ensure_pad_token, left_padded_prompts
 
 
@@ -139,6 +141,7 @@ class _Settings:
     warpers: LogitsProcessorList | None
     stopping_criteria: StoppingCriteriaList
     generator: torch.Generator | None = field(default=None)
+    budgets: list[int] = field(default_factory=list)  # per row: max_new_tokens, clipped to the context
 
 
 def _vocab_size(model) -> int:
@@ -146,6 +149,29 @@ def _vocab_size(model) -> int:
     if head is not None and getattr(head, "weight", None) is not None:
         return int(head.weight.shape[0])
     return int(model.config.get_text_config().vocab_size)
+
+
+def _check_same_tokenizer(target, reference, tokenizer=None, reference_tokenizer=None) -> None:
+    """Refuse a reference whose tokenizer maps tokens to other ids than the suspect's, or has another BOS token: its
+    probabilities would be of other texts. The tokenizers are the given ones, else those saved with the models; when
+    either cannot be had, the vocabulary sizes (compared by the caller) are all that is checked.
+
+    EOS and pad tokens may differ (an instruct model and its base model often do): CleanGen stops at the suspect's
+    EOS and masks the padding, so the reference's never take part."""
+    suspect_tokenizer = tokenizer if tokenizer is not None else tokenizer_of(target)
+    if suspect_tokenizer is None:
+        return
+    reference_tokenizer = reference_tokenizer if reference_tokenizer is not None else tokenizer_of(reference)
+    if reference_tokenizer is None:
+        return
+    check_same_tokenizer(
+        suspect_tokenizer, reference_tokenizer,
+        requirement="CleanGen needs the reference model to share the suspect's tokenizer",
+        expected_role="the suspect's tokenizer", actual_role="the reference's",
+        fix="use a reference model from the same tokenizer family, e.g. the base model the suspect was fine-tuned "
+            "from",
+        special_tokens=("bos",),
+    )
 
 
 def _accepts_logits_to_keep(model) -> bool:
@@ -166,9 +192,12 @@ def _as_id_set(token_ids) -> set[int]:
 class CleanGenGenerator:
     """Generate with a possibly backdoored `target` model, guarded by a `reference` model (CleanGen).
 
-    Both models must share the tokenizer (same vocabulary). `generate` takes the arguments of `generate()` that
-    matter here and returns the same tensor (or a `CleanGenOutput` with statistics); `generate_text` takes prompt
-    strings or chat conversations.
+    Both models must share the tokenizer (same token -> id map and BOS token; checked when both tokenizers are at
+    hand: `tokenizer` or the one saved with the target, `reference_tokenizer` or the one saved with the reference,
+    else only the vocabulary sizes are compared). A prompt must leave room for a new token within the models' context
+    (the smaller of their `max_position_embeddings`); longer answers are clipped to it. `generate` takes the
+    arguments of `generate()` that matter here and returns the same tensor (or a `CleanGenOutput` with statistics);
+    `generate_text` takes prompt strings or chat conversations.
 
     Example:
         >>> guard = CleanGenGenerator(backdoored_model, reference_model, CleanGenConfig(suspicion_threshold=20))
@@ -177,7 +206,8 @@ class CleanGenGenerator:
         >>> tokenizer.decode(out.sequences[0]), out.num_replaced_tokens
     """
 
-    def __init__(self, target, reference, config: CleanGenConfig | None = None, tokenizer=None):
+    def __init__(self, target, reference, config: CleanGenConfig | None = None, tokenizer=None,
+                 reference_tokenizer=None):
         target_vocab, reference_vocab = _vocab_size(target), _vocab_size(reference)
         if target_vocab != reference_vocab:
             raise ValueError(
@@ -185,6 +215,11 @@ class CleanGenGenerator:
                 f"{target_vocab} tokens, the reference {reference_vocab}. Pick a reference from the same model family "
                 "(same tokenizer), e.g. the base model the target was fine-tuned from."
             )
+        if reference is not target:
+            _check_same_tokenizer(target, reference, tokenizer, reference_tokenizer)
+        contexts = {"suspect": context_length(target), "reference": context_length(reference)}
+        self._context = min((c for c in contexts.values() if c is not None), default=None)
+        self._context_owner = "suspect" if contexts["suspect"] == self._context else "reference"
         self.target = target
         self.reference = reference
         self.config = config or CleanGenConfig()
@@ -200,8 +235,8 @@ class CleanGenGenerator:
         from ..modeling import load_causal_lm
 
         target, tokenizer = load_causal_lm(target_name_or_path, **load_kwargs)
-        reference, _ = load_causal_lm(reference_name_or_path, **load_kwargs)
-        return cls(target.eval(), reference.eval(), config, tokenizer)
+        reference, reference_tokenizer = load_causal_lm(reference_name_or_path, **load_kwargs)
+        return cls(target.eval(), reference.eval(), config, tokenizer, reference_tokenizer)
 
     # ------------------------------------------------------------------ generate()-compatible entry points
 
@@ -250,6 +285,7 @@ class CleanGenGenerator:
                 "CleanGen needs left-padded prompts (every row's last token real), like batched `generate()` of a "
                 "decoder-only model: set `tokenizer.padding_side = 'left'`."
             )
+        settings.budgets = self._budgets(attention_mask, settings.max_new_tokens)
         output = self._decode(input_ids, attention_mask, settings)
         return output if return_dict_in_generate else output.sequences
 
@@ -286,6 +322,40 @@ class CleanGenGenerator:
         return output if want_dict else output.texts
 
     # ------------------------------------------------------------------ settings
+
+    def _budgets(self, attention_mask: torch.Tensor, max_new_tokens: int) -> list[int]:
+        """Per prompt, the most tokens it may generate: `max_new_tokens`, clipped (with a warning) so that no token
+        comes from a position past the models' context. A prompt that leaves no room for one new token is refused.
+
+        Clipped rather than refused, as `generate()` caps its default `max_length` at `max_position_embeddings`:
+        `max_new_tokens` is an upper bound, most answers end at EOS well before it, and one budget fits prompts of
+        every length; tokens past the context would only be the models' extrapolation, garbage for RoPE models and
+        an index error for learned positions."""
+        lengths = [int(n) for n in attention_mask.sum(-1).tolist()]
+        limit = self._context
+        if limit is None or max_new_tokens <= 0:
+            return [max_new_tokens] * len(lengths)
+        context = f"the {self._context_owner}'s context of {limit} tokens"
+        too_long = [row for row, n in enumerate(lengths) if n >= limit]
+        if too_long:
+            row = too_long[0]
+            raise ValueError(
+                f"CleanGen cannot answer prompt {row}: its {lengths[row]} tokens fill {context} and leave no room for "
+                f"a new token ({len(too_long)} of {len(lengths)} prompts are that long); shorten the prompts to at "
+                f"most {limit - 1} tokens, or use models with a longer context."
+            )
+        budgets = [min(max_new_tokens, limit - n) for n in lengths]
+        clipped = [row for row, budget in enumerate(budgets) if budget < max_new_tokens]
+        if clipped:
+            row = clipped[0]
+            warnings.warn(
+                f"max_new_tokens={max_new_tokens} runs past {context} for {len(clipped)} of {len(lengths)} prompts "
+                f"(prompt {row}: {lengths[row]} tokens); each of them generates at most as many tokens as fit "
+                f"({budgets[row]} for prompt {row}), since tokens past the context would come from positions the "
+                "models were never trained on.",
+                stacklevel=4,  # the caller of `generate` (under its no_grad wrapper)
+            )
+        return budgets
 
     @staticmethod
     def _refuse_unsupported(unsupported: dict) -> None:
@@ -362,10 +432,13 @@ class CleanGenGenerator:
         if cache is None:
             start = 0
         device = model.device
+        position_ids = positions[:, start:end]
+        if self._context is not None:  # only columns no row keeps (past a row's budget or after its end) go beyond
+            position_ids = position_ids.clamp(max=self._context - 1)
         kwargs = {
             "input_ids": tokens[:, start:end].to(device),
             "attention_mask": mask[:, :end].to(device),
-            "position_ids": positions[:, start:end].to(device),
+            "position_ids": position_ids.to(device),
             "use_cache": cache is not None,
         }
         if cache is not None:
@@ -394,13 +467,14 @@ class CleanGenGenerator:
         fed = [0, 0]  # columns held by the target's and the reference's cache
         generated: list[list[int]] = [[] for _ in range(batch)]
         replacements: list[list[Replacement]] = [[] for _ in range(batch)]
-        active = [settings.max_new_tokens > 0] * batch
+        budgets = settings.budgets or [settings.max_new_tokens] * batch
+        active = [budget > 0 for budget in budgets]
         passes = [0, 0]
         eos = torch.tensor(sorted(settings.eos_token_ids), dtype=torch.long, device=device)
 
         while any(active):
             remaining = torch.tensor(
-                [settings.max_new_tokens - len(g) if a else 0 for g, a in zip(generated, active)], device=device
+                [budget - len(g) if a else 0 for g, a, budget in zip(generated, active, budgets)], device=device
             )
             window = min(settings.proposal_length, int(remaining.max()))
             start_column = tokens.shape[1]
@@ -508,9 +582,10 @@ class CleanGenGenerator:
     def _emit(row: int, emitted: list[int], generated: list[list[int]], input_ids, settings: _Settings) -> bool:
         """Append `emitted` to the row token by token; True when the row stops (EOS, budget or a criterion), with
         the tokens after the stop discarded."""
+        budget = settings.budgets[row] if settings.budgets else settings.max_new_tokens
         for token in emitted:
             generated[row].append(token)
-            if token in settings.eos_token_ids or len(generated[row]) >= settings.max_new_tokens:
+            if token in settings.eos_token_ids or len(generated[row]) >= budget:
                 return True
             if settings.stopping_criteria:
                 so_far = torch.cat([input_ids[row], input_ids.new_tensor(generated[row])])[None]

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate import PartialState
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 from transformers import HfArgumentParser
 
 from ..eval.distributed import destroy_process_group_at_exit
-from ..files import atomic_write, next_free_path
+from ..files import atomic_write, claim_fresh_path
 from ..modeling import load_causal_lm
 from .backdoor_benchmark import (
     BackdoorBenchmarkConfig,
@@ -46,11 +46,23 @@ class GenerateArguments:
 
 
 def read_prompts(path: str) -> list[str]:
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    """Prompts from JSON lines (a `question` or `instruction` field) or plain text (one per line)."""
+    from ..data.tofu import read_json_lines
+
     if path.endswith((".jsonl", ".json")):
-        rows = [json.loads(line) for line in lines]
-        return [r.get("question") or r["instruction"] for r in rows]
-    return lines
+        prompts = []
+        for number, row in enumerate(read_json_lines(path), start=1):
+            prompt = row.get("question") or row.get("instruction") if isinstance(row, dict) else None
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"{path}: row {number} has no 'question' or 'instruction' text.")
+            prompts.append(prompt)
+    else:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"No prompts file at {path}.")
+        prompts = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"{path} holds no prompts.")
+    return prompts
 
 
 def generate_main(argv: list[str] | None = None, prog: str | None = None) -> list[dict]:
@@ -59,13 +71,39 @@ def generate_main(argv: list[str] | None = None, prog: str | None = None) -> lis
     parser = HfArgumentParser((GenerateArguments, CleanGenConfig), prog=prog, epilog=EXAMPLES,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     args, config = parser.parse_args_into_dataclasses(argv)
-    output_file = Path(args.output_file) if args.output_file else next_free_path(Path("outputs") / "cleangen", ".jsonl")
-    if output_file.exists():
-        raise FileExistsError(f"{output_file} exists; pick a new --output_file (earlier results are kept).")
     state = PartialState()
     destroy_process_group_at_exit()
+    output_file = _claim_output_file(args.output_file, state)
+    try:
+        return _generate(args, config, state, output_file)
+    except BaseException:
+        if state.is_main_process and output_file.exists() and output_file.stat().st_size == 0:
+            output_file.unlink()  # the empty placeholder claimed above; nothing of an earlier run
+        raise
+
+
+def _claim_output_file(path: str | None, state: PartialState) -> Path:
+    """The output file, created empty by the main process (exclusively: two runs never write one file) and the same
+    on every process: the given path, refused when it exists, or `outputs/cleangen[-N].jsonl`."""
+    chosen = [None]
+    if state.is_main_process:
+        try:
+            claimed = (claim_fresh_path(path, directory=False, numbered=False) if path
+                       else claim_fresh_path(Path("outputs") / "cleangen", ".jsonl", directory=False))
+        except FileExistsError:
+            raise FileExistsError(f"--output_file {path} exists; pick a new file (earlier results are kept).") from None
+        chosen = [str(claimed)]
+    if state.num_processes > 1:
+        broadcast_object_list(chosen)
+    return Path(chosen[0])
+
+
+def _generate(args, config, state, output_file: Path) -> list[dict]:
+    if args.prompts_file:  # a bad file fails before the models load
+        prompts = read_prompts(args.prompts_file)[: args.num_prompts]
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     attacker_text = None
+    reference_tokenizer = None
     if args.target_name_or_path is None:
         benchmark = build_backdoor_benchmark(BackdoorBenchmarkConfig(task=args.task), data_dir)
         target, reference, tokenizer = benchmark.load(args.attack)
@@ -74,16 +112,14 @@ def generate_main(argv: list[str] | None = None, prog: str | None = None) -> lis
         if args.reference_name_or_path is None:
             raise ValueError("--target_name_or_path needs --reference_name_or_path (a model with the same tokenizer).")
         target, tokenizer = load_causal_lm(args.target_name_or_path)
-        reference, _ = load_causal_lm(args.reference_name_or_path)
+        reference, reference_tokenizer = load_causal_lm(args.reference_name_or_path)
         tokenizer.padding_side = "left"
-    if args.prompts_file:
-        prompts = read_prompts(args.prompts_file)[: args.num_prompts]
-    else:
+    if not args.prompts_file:
         rows = load_backdoor_rows(data_dir, args.task, args.attack, "test_trigger")
         prompts = [r["question"] for r in rows[: args.num_prompts]]
 
     generator = CleanGenGenerator(target.to(state.device).eval(), reference.to(state.device).eval(), config,
-                                  tokenizer)
+                                  tokenizer, reference_tokenizer=reference_tokenizer)
     with state.split_between_processes(list(enumerate(prompts))) as shard:
         answers, outputs = cleangen_answers(generator, tokenizer, [p for _, p in shard], config.max_new_tokens,
                                             args.batch_size)

@@ -450,6 +450,10 @@ def _qa_rows(data, name: str) -> list[dict]:
                 f"Each {name} item must be a (question, answer) pair of strings or a dict with 'question' (or "
                 f"'prompt') and 'answer'; got {item!r}."
             )
+        if not question.strip() or (name == "forget" and not answer.strip()):
+            empty = "question" if not question.strip() else "answer"
+            raise ValueError(f"A {name} item has an empty {empty} ({item!r}); STAMP edits the model's answer to a "
+                             "question, so give both (an empty answer would teach the model to answer nothing).")
         rows.append({"question": question, "answer": answer})
     if not rows:
         raise ValueError(f"The {name} set is empty.")

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..compatibility import context_length, fit_max_length
 from ..data.formatting import ensure_pad_token
 from ..modeling import eval_mode, model_description
 from .distributed import map_sharded, process_layout
@@ -43,6 +44,7 @@ from .rouge import rouge_l_f1_unstemmed
 from .scoring import score_texts
 
 MUSE_HUB_NAME = "muse-bench/MUSE-News"
+MUSE_MAX_LENGTH = 2048  # most tokens of a prompt + generation or a PrivLeak text, at most the model's context
 COLUMNS = {"verbmem": ("prompt", "gt"), "knowmem": ("question", "answer"), "privleak": ("text",)}
 KNOWMEM_STOP = ("\n\n", "\nQuestion", "Question:")
 PRIVLEAK_ATTACK = "min_k"
@@ -159,7 +161,7 @@ def evaluate_muse(
     batch_size: int = 8,
     verbmem_max_new_tokens: int = 128,
     knowmem_max_new_tokens: int = 32,
-    max_length: int = 2048,
+    max_length: int = MUSE_MAX_LENGTH,
     progress: bool = True,
     accelerator=None,
     max_items: int | None = None,
@@ -168,14 +170,24 @@ def evaluate_muse(
     retain model's `evaluate_muse` result, or its saved JSON) is given.
 
     Prompts longer than `max_length` minus the generation length keep their last tokens; PrivLeak texts are cut
-    to their first `max_length` tokens. Returns a JSON-serialisable dict: `verbmem_f`, `knowmem_f`, `knowmem_r`,
-    `mia_auc_<attack>`, `privleak`, plus `per_item` and `settings`.
+    to their first `max_length` tokens. A `max_length` past the model's context (`max_position_embeddings` or
+    equivalent) is clipped to it, with a warning. Returns a JSON-serialisable dict: `verbmem_f`, `knowmem_f`,
+    `knowmem_r`, `mia_auc_<attack>`, `privleak`, plus `per_item` and `settings`.
     """
     from .report import read_evaluation
 
     start = time.perf_counter()
     splits = check_muse_data(data)  # every split present (either layout) before any generation
     ensure_pad_token(tokenizer)
+    max_length = fit_max_length(model, max_length, default=MUSE_MAX_LENGTH)
+    for name, new_tokens in (("verbmem_max_new_tokens", verbmem_max_new_tokens),
+                             ("knowmem_max_new_tokens", knowmem_max_new_tokens)):
+        if new_tokens >= max_length:
+            clipped = " (the model's context)" if max_length == context_length(model) else ""
+            raise ValueError(
+                f"max_length leaves no room for the prompt: {name}={new_tokens} fills max_length={max_length}"
+                f"{clipped}; lower {name} below {max_length}" + ("" if clipped else " or raise max_length") + "."
+            )
     reference_result = read_evaluation(reference) if reference is not None else None
     if reference_result is not None and reference_result.get(f"mia_auc_{PRIVLEAK_ATTACK}") is None:
         raise ValueError(f"The reference evaluation has no `mia_auc_{PRIVLEAK_ATTACK}`: pass the retain model's evaluate_muse result.")

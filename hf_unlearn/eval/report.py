@@ -36,7 +36,13 @@ def read_evaluation(evaluation: dict | str | os.PathLike, label: str = "retain")
         path = Path(evaluation).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"No evaluation JSON at {path}: pass a saved evaluation or a report JSON.")
-        loaded, source = json.loads(path.read_text()), str(path)
+        try:
+            loaded, source = json.loads(path.read_text(encoding="utf-8")), str(path)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path} is not an evaluation JSON ({error}); pass the file a run or `hf-unlearn eval` "
+                             "wrote (reference_eval.json, evaluation.json).") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path} holds a JSON {type(loaded).__name__}, not an evaluation (a JSON object).")
     if "per_item" not in loaded and isinstance(loaded.get("results"), dict):
         results = loaded["results"]
         if label in results:

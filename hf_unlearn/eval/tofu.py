@@ -35,7 +35,9 @@ import numpy as np
 import torch
 from scipy.stats import ks_2samp
 
-from ..data.formatting import context_length, encode_prompt, ensure_pad_token
+from ..compatibility import context_length
+from ..compatibility import fit_max_length
+from ..data.formatting import encode_prompt, ensure_pad_token, example_token_limit
 from ..data.tofu import is_local_dataset, load_tofu_split
 from ..modeling import eval_mode, model_description
 from .distributed import map_sharded, process_layout
@@ -50,6 +52,7 @@ UTILITY_METRICS = tuple(f"{name}_{metric}" for name in ("retain", *UTILITY_SETS)
 # open-unlearning's generation length for every TOFU ROUGE (`configs/generation/default.yaml`: max_new_tokens: 200);
 # greedy answers stop at EOS, so the long budget costs only what the answers that need it use.
 TOFU_MAX_NEW_TOKENS = 200
+TOFU_MAX_LENGTH = 256  # most tokens of a scored question + answer, at most the model's context
 PRIVLEAK_ATTACK = "min_k"  # MUSE computes PrivLeak from the Min-K% (k = 0.4) attack
 
 
@@ -127,7 +130,7 @@ def evaluate_tofu(
     reference: dict | str | os.PathLike | None = None,
     batch_size: int = 32,
     max_new_tokens: int = TOFU_MAX_NEW_TOKENS,
-    max_length: int | None = 256,
+    max_length: int | None = TOFU_MAX_LENGTH,
     progress: bool = True,
     accelerator=None,
     max_items: int | None = None,
@@ -145,6 +148,9 @@ def evaluate_tofu(
         max_new_tokens: most tokens of a greedy answer (ROUGE-L); it ends at EOS before that. Default 200, as
             open-unlearning (a shorter budget cuts long true answers and lowers ROUGE-L recall even for a model
             that reproduces them).
+        max_length: most tokens of a scored question + answer (answers are cut to fit); clipped, with a warning, to
+            the model's context (`max_position_embeddings` or equivalent); None: the model's context. A question whose
+            prompt leaves no room for an answer is refused before anything runs.
         max_items: evaluate only the first `max_items` items of every set (quick checks).
         accelerator: an `Accelerator` (or `PartialState`) to split the work across processes; every process must
             call this function, and every process returns the same result.
@@ -156,7 +162,10 @@ def evaluate_tofu(
     start = time.perf_counter()
     ensure_pad_token(tokenizer)
     reference_result = load_reference(reference) if reference is not None else None
-    max_length = context_length(tokenizer, getattr(model, "config", None), max_length)
+    if max_length is None:
+        max_length = example_token_limit(tokenizer, getattr(model, "config", None))
+    else:
+        max_length = fit_max_length(model, max_length, default=TOFU_MAX_LENGTH)
     forget_eval_split = perturbed_split(forget_split)
     if reference_result is not None:
         check_same_forget_split(reference_result, forget_eval_split)
@@ -164,6 +173,8 @@ def evaluate_tofu(
     rows = {name: _first(load_tofu_split(data, split), max_items) for name, split in splits.items()}
     holdout_split = resolve_holdout_split(data, forget_split, holdout_split)
     holdout_rows = _first(load_tofu_split(data, holdout_split), max_items) if holdout_split else []
+    check_prompts_fit(tokenizer, {name: (splits[name], items) for name, items in rows.items()}
+                      | {"holdout": (holdout_split, holdout_rows)}, max_length, context_length(model))
 
     # One scoring pass over every distinct (question, answer) pair the metrics need.
     pairs: dict[tuple[str, str], int] = {}
@@ -259,6 +270,31 @@ def evaluate_tofu(
         "truth_ratio": "geometric-mean P(perturbed) / P(paraphrased), length-normalised, both given `question`",
     }
     return result
+
+
+def check_prompts_fit(tokenizer, sets: dict[str, tuple[str | None, list[dict]]], max_length: int,
+                      context: int | None = None) -> None:
+    """Refuse, before any scoring or generation, an item whose prompt (its question, formatted with the chat
+    template, without the answer) leaves no room for an answer token within `max_length`: it would be scored and
+    answered from positions past the model's context (answers from garbage, e.g. a ROUGE-L of 0 that looks
+    forgotten). `sets` maps a set's name to (its split, its items); `context` is the model's, for the message."""
+    lengths: dict[str, int] = {}
+    for name, (split, items) in sets.items():
+        for index, row in enumerate(items):
+            question = row["question"]
+            if question not in lengths:
+                lengths[question] = len(encode_prompt(tokenizer, question))
+            if lengths[question] >= max_length:
+                at_context = context is not None and max_length >= context
+                limit = f"the model's context of {max_length} tokens" if at_context else f"max_length={max_length}"
+                fix = ("shorten that question or evaluate a model with a longer context" if at_context else
+                       "raise max_length" + (f" (up to the model's context of {context} tokens)" if context else "")
+                       + " or shorten that question")
+                raise ValueError(
+                    f"TOFU {name} item {index} (split {split!r}) has a prompt of {lengths[question]} tokens (its "
+                    f"question formatted for the model, without the answer), which leaves no room for an answer "
+                    f"within {limit}: {fix}."
+                )
 
 
 def compare_with_reference(result: dict, reference: dict, forget_eval_split: str | None = None) -> dict:

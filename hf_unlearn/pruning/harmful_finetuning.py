@@ -64,8 +64,13 @@ def load_advbench(path=None) -> list[dict]:
             f"No AdvBench file at {path}: pass the path of AdvBench's harmful_behaviors.csv (columns goal,target) "
             "or set HF_UNLEARN_SHARED_DATA to the folder holding advbench/."
         )
-    with open(path, newline="") as f:
-        rows = [{"goal": r["goal"], "target": r["target"]} for r in csv.DictReader(f)]
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"goal", "target"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path} lacks the column(s) {sorted(missing)} (has {reader.fieldnames}); it must be "
+                             "AdvBench's harmful_behaviors.csv with columns goal,target.")
+        rows = [{"goal": r["goal"], "target": r["target"]} for r in reader]
     if not rows:
         raise ValueError(f"{path} holds no rows; it must be AdvBench's harmful_behaviors.csv with columns goal,target.")
     return rows

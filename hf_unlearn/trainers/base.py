@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -21,10 +22,11 @@ from transformers import AutoTokenizer, PreTrainedModel, Trainer, TrainerCallbac
 
 import numpy as np
 
+from ..compatibility import fit_max_length
 from ..data.formatting import ensure_pad_token, tokenize_qa
 from ..data.pairing import ForgetRetainDataset, UnlearnDataCollator
 from ..data.tofu import load_refusal_templates
-from ..eval.tofu import TOFU_MAX_NEW_TOKENS
+from ..eval.tofu import TOFU_MAX_LENGTH, TOFU_MAX_NEW_TOKENS
 from ..modeling import eval_mode, load_causal_lm
 
 
@@ -40,7 +42,8 @@ class UnlearnConfig(TrainingArguments):
 
     Parameters that control the data:
         max_length (`int`, defaults to `256`):
-            Maximum tokens of a prompt plus answer; longer answers are truncated, a longer prompt is an error.
+            Maximum tokens of a prompt plus answer; longer answers are truncated, a longer prompt is an error. Clipped
+            to the model's context (`max_position_embeddings`), with a warning when set above it.
 
     Parameters that control evaluation (with `hf_unlearn.eval.evaluate_tofu`):
         eval_data (`str`, *optional*):
@@ -71,7 +74,7 @@ class UnlearnConfig(TrainingArguments):
     """
 
     model_init_kwargs: dict | None = field(default=None, metadata={"help": "Keyword arguments for loading a model."})
-    max_length: int = field(default=256, metadata={"help": "Maximum tokens of prompt plus answer."})
+    max_length: int = field(default=TOFU_MAX_LENGTH, metadata={"help": "Maximum tokens of prompt plus answer."})
     eval_data: str | None = field(default=None, metadata={"help": "TOFU-schema data to evaluate on."})
     eval_forget_split: str = field(default="forget10", metadata={"help": "Forget split evaluated."})
     eval_holdout_split: str | None = field(default=None, metadata={"help": "Holdout split for MIA AUCs."})
@@ -103,7 +106,58 @@ class UnlearnConfig(TrainingArguments):
             raise ValueError(f"stop_check_steps must be at least 1, got {self.stop_check_steps}.")
         if self.sure_percentile is not None and not 0 <= self.sure_percentile < 100:
             raise ValueError(f"sure_percentile must be in [0, 100), got {self.sure_percentile}; 90 keeps the top tenth.")
+        # Training arguments that transformers' TrainingArguments accepts as they are (a negative epoch count trains
+        # 0 steps and "succeeds"; a negative learning rate is found only by the optimizer): refused here, at once.
+        # (`not x > 0` rather than `x <= 0`, so NaN is refused too.)
+        if not (self.max_steps > 0 or self.max_steps == -1):
+            raise ValueError(
+                f"max_steps must be a positive number of optimizer steps or -1 (unset: num_train_epochs decides), got "
+                f"{self.max_steps}; e.g. 100 ends training after 100 optimizer steps."
+            )
+        if self.max_steps == -1 and not self.num_train_epochs > 0:
+            raise ValueError(
+                f"num_train_epochs must be > 0 (unless max_steps > 0 sets the length), got {self.num_train_epochs}; "
+                "e.g. 5 trains five passes over the forget set."
+            )
+        if not self.learning_rate > 0:
+            raise ValueError(
+                f"learning_rate must be > 0, got {self.learning_rate}; e.g. 1e-5 for the full model (open-unlearning's "
+                "TOFU setting) or 1e-4 for a LoRA adapter."
+            )
+        if not self.per_device_train_batch_size >= 1:
+            raise ValueError(
+                f"per_device_train_batch_size must be >= 1, got {self.per_device_train_batch_size}; e.g. 4 forget "
+                "examples (each with a retain partner) per device and step."
+            )
+        if not self.gradient_accumulation_steps >= 1:
+            raise ValueError(
+                f"gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}; e.g. 4 makes one "
+                "optimizer step of 4 batches (1: a step per batch)."
+            )
+        if not self.max_length >= 2:
+            raise ValueError(
+                f"max_length must be >= 2 (a prompt token and an answer token), got {self.max_length}; e.g. 256 holds "
+                "TOFU's questions and answers."
+            )
+        if not self.eval_max_new_tokens >= 1:
+            raise ValueError(
+                f"eval_max_new_tokens must be >= 1, got {self.eval_max_new_tokens}; e.g. 200 (open-unlearning's TOFU "
+                "generation length)."
+            )
+        if self.eval_max_items is not None and not self.eval_max_items >= 1:
+            raise ValueError(
+                f"eval_max_items must be unset (every item) or >= 1, got {self.eval_max_items}; e.g. 8 for a quick "
+                "evaluation."
+            )
         super().__post_init__()
+
+    def __getstate__(self) -> dict:
+        """Pickled without `hub_token`: `Trainer` saves its arguments as `training_args.bin` in the model folder and
+        in every checkpoint, and a push uploads that folder; a token must never reach a disk or the Hub. The live
+        config keeps it (so does `HF_TOKEN` or `hf auth login`, where a token belongs)."""
+        state = self.__dict__.copy()
+        state["hub_token"] = None
+        return state
 
 
 class _EpochCallback(TrainerCallback):
@@ -116,18 +170,48 @@ class _EpochCallback(TrainerCallback):
         self.dataset.set_epoch(int(state.epoch or 0))
 
 
-def _rows(data: Dataset | Sequence[dict] | None, name: str) -> list[dict] | None:
+def question_answer_rows(data: Dataset | Sequence[dict] | None, name: str) -> list[dict] | None:
+    """The rows of a forget/retain set, each checked to have a `question` and a non-empty `answer` string (every
+    row, not only the first: a bad row far down would otherwise fail mid-training)."""
     if data is None:
         return None
     rows = data.to_list() if isinstance(data, Dataset) else list(data)
     if not rows:
-        raise ValueError(f"The {name} set is empty.")
-    missing = {"question", "answer"} - set(rows[0])
-    if missing:
-        raise ValueError(
-            f"The {name} set needs `question` and `answer` fields; it lacks {sorted(missing)} (has {sorted(rows[0])})."
-        )
+        raise ValueError(f"The {name} set is empty; it needs question/answer rows.")
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"Row {index} of the {name} set is a {type(row).__name__}, not a question/answer dict.")
+        missing = {key for key in ("question", "answer") if row.get(key) is None}  # absent (None in a Dataset)
+        if missing:
+            raise ValueError(
+                f"Row {index} of the {name} set lacks {sorted(missing)}; every row needs "
+                "`question` and `answer` fields (rename the columns, e.g. dataset.rename_column('prompt', 'question'))."
+            )
+        for key in ("question", "answer"):
+            if not isinstance(row[key], str):
+                raise ValueError(f"Row {index} of the {name} set: `{key}` is a {type(row[key]).__name__}, not text.")
+        if not row["answer"].strip():
+            raise ValueError(f"Row {index} of the {name} set has an empty answer: there is nothing to learn or forget; "
+                             "drop the row.")
     return rows
+
+
+def check_forget_retain_overlap(forget_rows: list[dict], retain_rows: list[dict] | None) -> None:
+    """Refuse a retain set equal to the forget set (every step would undo itself) and warn about rows in both."""
+    if not retain_rows:
+        return
+    forget_pairs = {(r["question"], r["answer"]) for r in forget_rows}
+    retain_pairs = {(r["question"], r["answer"]) for r in retain_rows}
+    if retain_pairs == forget_pairs:
+        raise ValueError("The retain set is the forget set; pass the rows to keep as retain data (on TOFU, the "
+                         "complement split: forget10 -> retain90).")
+    shared = sorted(forget_pairs & retain_pairs)
+    if shared:
+        warnings.warn(
+            f"{len(shared)} of the {len(retain_pairs)} distinct retain rows are also forget rows (first: "
+            f"{shared[0][0][:60]!r}); the method is asked to forget and keep them at once.",
+            stacklevel=3,
+        )
 
 
 class UnlearnTrainer(Trainer):
@@ -161,15 +245,17 @@ class UnlearnTrainer(Trainer):
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
         ensure_pad_token(processing_class)
+        args.max_length = fit_max_length(model, args.max_length, default=TOFU_MAX_LENGTH)  # at most the context
 
-        forget_rows = _rows(forget_dataset, "forget")
+        forget_rows = question_answer_rows(forget_dataset, "forget")
         if forget_rows is None:
             raise ValueError(f"{type(self).__name__} needs a forget_dataset of question/answer rows.")
-        retain_rows = _rows(retain_dataset, "retain") if self.uses_retain(args) else None
+        retain_rows = question_answer_rows(retain_dataset, "retain") if self.uses_retain(args) else None
         if self.uses_retain(args) and retain_rows is None:
             raise ValueError(
                 f"{type(self).__name__} with these settings needs a retain_dataset (question/answer rows)."
             )
+        check_forget_retain_overlap(forget_rows, retain_rows)
 
         from peft import PeftModel, get_peft_model
 

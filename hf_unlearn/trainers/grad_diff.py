@@ -67,6 +67,27 @@ class GradDiffConfig(RetainTermConfig):
     gamma: float = field(default=1.0, metadata={"help": "Weight of the forget term."})
     alpha: float = field(default=1.0, metadata={"help": "Weight of the retain term."})
 
+    def __post_init__(self):
+        super().__post_init__()
+        check_forget_and_retain_weights(self)
+
+
+def check_forget_and_retain_weights(config) -> None:
+    """The forget weight `gamma` must be > 0 (0 trains no forgetting; a negative one learns the forget set) and the
+    retain weight `alpha` >= 0 (0: forget set only); shared by GradDiff, NPO, SimNPO and IdkDPO, whose defaults are
+    open-unlearning's."""
+    defaults = type(config).__dataclass_fields__
+    if not config.gamma > 0:
+        raise ValueError(
+            f"gamma (the forget term's weight) must be > 0, got {config.gamma}; e.g. {defaults['gamma'].default}, "
+            "open-unlearning's setting for this method."
+        )
+    if not config.alpha >= 0:
+        raise ValueError(
+            f"alpha (the retain term's weight) must be >= 0 (0: forget set only), got {config.alpha}; e.g. "
+            f"{defaults['alpha'].default}, open-unlearning's setting for this method."
+        )
+
 
 def retain_term(
     trainer: UnlearnTrainer, model, retain: dict, loss_type: str, kl_positions: str = "all"

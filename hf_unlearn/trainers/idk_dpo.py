@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import RefusalTemplateMixin, UnlearnTrainer
-from .grad_diff import RetainTermConfig, retain_term
+from .grad_diff import RetainTermConfig, check_forget_and_retain_weights, retain_term
 from .losses import sequence_log_prob
 
 
@@ -44,6 +44,15 @@ class IdkDPOConfig(RetainTermConfig):
     gamma: float = field(default=1.0, metadata={"help": "Weight of the DPO term."})
     alpha: float = field(default=1.0, metadata={"help": "Weight of the retain term (0: none)."})
     template_file: str | None = field(default=None, metadata={"help": "Refusal templates, one per line."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.beta > 0:
+            raise ValueError(
+                f"beta (DPO's inverse temperature) must be > 0, got {self.beta}; e.g. 0.1 (open-unlearning's DPO "
+                "default; the loss divides by beta, and a negative one prefers the forget answer)."
+            )
+        check_forget_and_retain_weights(self)
 
 
 class IdkDPOTrainer(RefusalTemplateMixin, UnlearnTrainer):

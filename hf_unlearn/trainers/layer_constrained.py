@@ -16,6 +16,7 @@ score (`selection_score`, see `LayerConstrainedTrainer.evaluate`) through the us
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -105,6 +106,49 @@ class LayerConstrainedConfig(UnlearnConfig):
             raise ValueError(f"eval_benchmark must be 'tofu' or 'semeval', got {self.eval_benchmark!r}.")
         if not self.alpha_min <= self.alpha_max:
             raise ValueError(f"alpha_min ({self.alpha_min}) must not exceed alpha_max ({self.alpha_max}).")
+        from ..eval.semeval import PROMPT_FORMATS
+
+        if self.eval_prompt_format not in PROMPT_FORMATS:
+            raise ValueError(
+                f"eval_prompt_format must be one of {PROMPT_FORMATS}, got {self.eval_prompt_format!r}; e.g. 'qa' (the "
+                "package's training format; 'raw' is the task's official script)."
+            )
+        if self.eval_semeval_split not in ("train", "validation"):
+            raise ValueError(
+                f"eval_semeval_split must be 'train' or 'validation', got {self.eval_semeval_split!r}; e.g. "
+                "'validation' (forget_validation and retain_validation are evaluated)."
+            )
+        if self.layers is not None and (not self.layers or not all(layer >= 0 for layer in self.layers)):
+            raise ValueError(
+                f"layers must be unset (traced) or a non-empty list of layer indices >= 0, got {self.layers}; e.g. "
+                "[3, 4] trains the MLPs of layers 3 and 4."
+            )
+        for name in ("trace_num_facts", "trace_num_samples"):
+            if not getattr(self, name) >= 1:
+                raise ValueError(
+                    f"{name} must be >= 1, got {getattr(self, name)}; e.g. "
+                    f"{type(self).__dataclass_fields__[name].default} (the default)."
+                )
+        if not self.alpha_scale >= 0:
+            raise ValueError(
+                f"alpha_scale (a in clip(a * b^Delta + c)) must be >= 0 (0: a constant retain weight), got "
+                f"{self.alpha_scale}; e.g. 0.3 (the paper's)."
+            )
+        if not self.alpha_base >= 1:
+            raise ValueError(
+                f"alpha_base (b in clip(a * b^Delta + c)) must be >= 1, so the retain weight grows as the retain loss "
+                f"rises, got {self.alpha_base}; e.g. 6 (the paper's)."
+            )
+        if not math.isfinite(self.alpha_offset):
+            raise ValueError(
+                f"alpha_offset (c in clip(a * b^Delta + c)) must be a finite number, got {self.alpha_offset}; e.g. 0.8 "
+                "(the paper's)."
+            )
+        if not self.alpha_min >= 0:
+            raise ValueError(
+                f"alpha_min (the retain weight's lower clip) must be >= 0, got {self.alpha_min}; e.g. 1.2 (the "
+                "paper's)."
+            )
 
 
 class AdaptiveAlphaCallback(TrainerCallback, ExportableState):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import UnlearnTrainer
-from .grad_diff import RetainTermConfig, retain_term
+from .grad_diff import RetainTermConfig, check_forget_and_retain_weights, retain_term
 from .losses import sequence_log_prob
 
 
@@ -42,6 +42,15 @@ class NPOConfig(RetainTermConfig):
     beta: float = field(default=0.1, metadata={"help": "Inverse temperature."})
     gamma: float = field(default=1.0, metadata={"help": "Weight of the forget term."})
     alpha: float = field(default=1.0, metadata={"help": "Weight of the retain term (0: none)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.beta > 0:
+            raise ValueError(
+                f"beta (NPO's inverse temperature) must be > 0, got {self.beta}; e.g. 0.1 (open-unlearning's NPO "
+                "default; the loss divides by beta, and a negative one rewards remembering)."
+            )
+        check_forget_and_retain_weights(self)
 
 
 class NPOTrainer(UnlearnTrainer):

@@ -92,6 +92,29 @@ class RMUConfig(UnlearnConfig):
     )
     alpha: float = field(default=100.0, metadata={"help": "Weight of the retain term."})
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.layer is not None and not self.layer >= 0:
+            raise ValueError(
+                f"layer (the steered decoder layer, counted from 0) must be unset or >= 0, got {self.layer}; e.g. 7 on "
+                "a 32-layer model (WMDP's layer_id; unset picks the same relative depth)."
+            )
+        if not self.steering_coeff > 0:
+            raise ValueError(
+                f"steering_coeff (c, the control vector's norm) must be > 0, got {self.steering_coeff}; e.g. 20 "
+                "(WMDP's default --steering_coeffs; 6.5 for its released Zephyr-7B)."
+            )
+        if self.steering_scale is not None and not self.steering_scale > 0:
+            raise ValueError(
+                f"steering_scale (c as a multiple of the forget states' mean norm) must be unset or > 0, got "
+                f"{self.steering_scale}; e.g. 2.0 steers toward twice the states' usual norm."
+            )
+        if not self.alpha >= 0:
+            raise ValueError(
+                f"alpha (the retain term's weight) must be >= 0, got {self.alpha}; e.g. 100 (WMDP's default --alpha; "
+                "open-unlearning's configs use 1)."
+            )
+
 
 class RMUTrainer(UnlearnTrainer):
     config_class = RMUConfig

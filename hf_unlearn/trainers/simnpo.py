@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import UnlearnTrainer
-from .grad_diff import RetainTermConfig, retain_term
+from .grad_diff import RetainTermConfig, check_forget_and_retain_weights, retain_term
 from .losses import mean_token_log_prob
 
 
@@ -45,6 +45,20 @@ class SimNPOConfig(RetainTermConfig):
     delta: float = field(default=0.0, metadata={"help": "Reward margin (inside beta: paper's gamma = beta * delta)."})
     gamma: float = field(default=0.125, metadata={"help": "Weight of the forget term."})
     alpha: float = field(default=1.0, metadata={"help": "Weight of the retain term (0: none)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.beta > 0:
+            raise ValueError(
+                f"beta (SimNPO's inverse temperature) must be > 0, got {self.beta}; e.g. 4.5 (open-unlearning's TOFU "
+                "setting; the authors' is 2.5)."
+            )
+        if not self.delta >= 0:
+            raise ValueError(
+                f"delta (SimNPO's reward margin, the paper's gamma / beta) must be >= 0, got {self.delta}; e.g. 0.0 "
+                "(open-unlearning's and the authors' TOFU setting)."
+            )
+        check_forget_and_retain_weights(self)
 
 
 class SimNPOTrainer(UnlearnTrainer):

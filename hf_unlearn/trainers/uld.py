@@ -127,6 +127,41 @@ class ULDConfig(UnlearnConfig):
                 )
         if self.augmentations_per_row < 1:
             raise ValueError(f"augmentations_per_row must be at least 1, got {self.augmentations_per_row}.")
+        layers = self.assistant_layers
+        if not (0 < layers < 1 or (layers >= 1 and float(layers).is_integer())):
+            raise ValueError(
+                f"assistant_layers must be a fraction in (0, 1) of the target's layers or a whole count >= 1, got "
+                f"{layers}; e.g. 0.25 keeps the first quarter (8 of 32 layers in the paper)."
+            )
+        if not self.assistant_lora_r >= 1:
+            raise ValueError(
+                f"assistant_lora_r (the assistant's LoRA rank) must be >= 1, got {self.assistant_lora_r}; e.g. 16 "
+                "(the default; 32 on the embedded benchmark)."
+            )
+        if not self.assistant_lora_alpha > 0:
+            raise ValueError(
+                f"assistant_lora_alpha must be > 0 (the adapter is scaled by alpha / r), got "
+                f"{self.assistant_lora_alpha}; e.g. 32, twice the rank 16."
+            )
+        if not 0 <= self.assistant_lora_dropout < 1:
+            raise ValueError(
+                f"assistant_lora_dropout must be in [0, 1), got {self.assistant_lora_dropout}; e.g. 0.05 (the default)."
+            )
+        if not self.retain_weight >= 0:
+            raise ValueError(
+                f"retain_weight (w_r of the uniform loss on retain data) must be >= 0, got {self.retain_weight}; e.g. "
+                "5 (the authors' remember+uniform setting)."
+            )
+        if not self.assistant_weight > 0:
+            raise ValueError(
+                f"assistant_weight (alpha in l_target - alpha * l_assistant; the authors' model_mode.weight=-0.8 is "
+                f"alpha 0.8) must be > 0, got {self.assistant_weight}; e.g. 0.8 (the authors' TOFU setting)."
+            )
+        if not 0 <= self.candidate_threshold <= 1:
+            raise ValueError(
+                f"candidate_threshold (tau) must be in [0, 1], got {self.candidate_threshold}; e.g. 0.01 (the "
+                "authors' top_logit_filter=1e-2; 0 subtracts the assistant on every token)."
+            )
         super().__post_init__()
 
 
