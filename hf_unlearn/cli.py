@@ -328,6 +328,12 @@ def _run_stamp(args) -> int:
     if args.rank is not None and args.rank < 1:
         raise ValueError(f"--rank must be at least 1, got {args.rank}; leave it out for the full edit.")
     StampConfig(delivery=args.delivery, layers=args.layers, rank=args.rank)  # bad --layers fail before the model loads
+    from .editing.stamp import find_down_projections
+    from .modeling import weightless_model
+
+    skeleton = weightless_model(args.model_name_or_path, args.trust_remote_code)
+    if skeleton is not None:
+        find_down_projections(skeleton)  # a model without `layers.<i>.mlp.down_proj` fails before its weights load
     output_dir = fresh_output_dir(args.output_dir)
     retain = None
     if args.retain_questions:
@@ -496,28 +502,27 @@ def _check_prunable_before_loading(name_or_path: str, config, trust_remote_code:
     configs alone: the model is built on the meta device, without its weights."""
     import json
 
-    from .modeling import check_model_folder, looks_local
+    from .modeling import check_model_folder, looks_local, weightless_model
 
     folder = Path(name_or_path)
     if (folder / "adapter_config.json").is_file():
         check_model_folder(folder, adapter=True)
-        adapted = json.loads((folder / "adapter_config.json").read_text()).get("target_modules")
+        adapter_config = json.loads((folder / "adapter_config.json").read_text())
+        base = adapter_config.get("base_model_name_or_path")
+        if base and looks_local(base) and not Path(base).expanduser().exists():
+            raise FileNotFoundError(f"The adapter in {folder} was trained on {base} (its adapter_config.json's "
+                                    "base_model_name_or_path), which does not exist here; set base_model_name_or_path "
+                                    "to where that model is.")
+        adapted = adapter_config.get("target_modules")
         if isinstance(adapted, list) and not set(config.target_modules) & set(adapted):
             raise ValueError(f"The adapter in {folder} adapts {sorted(adapted)}, none of --target_modules "
                              f"{config.target_modules}; name some of its modules.")
         return
-    if folder.suffix == ".gguf" or not looks_local(name_or_path):
-        return  # checked once loaded
-    check_model_folder(folder)
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
+    skeleton = weightless_model(name_or_path, trust_remote_code)
+    if skeleton is not None:  # a Hub name or GGUF file is checked once loaded
+        from .pruning.antidote import find_prunable_linears
 
-    from .pruning.antidote import find_prunable_linears
-
-    with init_empty_weights():
-        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code),
-                                                    trust_remote_code=trust_remote_code)
-    find_prunable_linears(skeleton, config)
+        find_prunable_linears(skeleton, config)
 
 
 def _load_model_or_adapter(name_or_path: str, trust_remote_code: bool):

@@ -68,7 +68,13 @@ def load_causal_lm(
         raise OSError(f"Cannot load {name_or_path!r} from the Hub or the local cache ({first_line}); check the name "
                       "(org/name on huggingface.co; a local folder must exist), and offline set HF_HUB_OFFLINE=1 to use "
                       "the cache only.") from None
-    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+    from safetensors import SafetensorError
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+    except SafetensorError as error:
+        raise ValueError(f"The weights of {name_or_path} cannot be read ({error}): the safetensors file is corrupt or "
+                         "truncated (an interrupted download or copy); download or save them again.") from None
     if gguf_file is not None:
         # A GGUF load dequantizes into a plain model; drop the quantizer so it saves and trains as one.
         model.hf_quantizer = None
@@ -116,6 +122,20 @@ def check_model_folder(path: str | Path, adapter: bool = False) -> None:
 
 
 ARCHITECTURE_FIELDS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size")
+
+
+def weightless_model(name_or_path: str | Path, trust_remote_code: bool = False):
+    """The model of a local folder built from its config on the meta device, without loading any weight: its module
+    layout, for checks that must fail before the weights load. None for a Hub name or a GGUF file."""
+    if str(name_or_path).endswith(".gguf") or not looks_local(name_or_path):
+        return None
+    check_model_folder(name_or_path)
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(Path(name_or_path).expanduser(), trust_remote_code=trust_remote_code)
+    with init_empty_weights():
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
 
 def check_same_architecture(name_or_path: str | Path, other: str | Path, what: str = "--original") -> None:

@@ -118,7 +118,21 @@ def _real(b, *flags: str) -> list[str]:
             "--report_to", "none", *flags]
 
 
-ADVBENCH_HEADER = "goal,target\n"
+def _truncated_copy(b) -> str:
+    """The embedded model's folder with its safetensors file cut short (an interrupted download)."""
+    folder = Path(b.folder("truncated"))
+    for path in Path(b.model).iterdir():
+        if path.is_file():
+            shutil.copy(path, folder / path.name)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    return str(folder)
+
+
+def _gpt2_config() -> str:
+    from transformers import GPT2Config
+
+    return GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100).to_json_string()
 
 # (id, argv from the `bad` paths, message fragment, checked before any model loads)
 CASES = [
@@ -153,6 +167,9 @@ CASES = [
     ("model folder holds pickles only",
      lambda b: ["unlearn", "--model_name_or_path", b.folder("pickled", {"config.json": "{}", "pytorch_model.bin": b"x"}),
                 "--dataset", b.data_dir, "--output_dir", b.out], "pickle", True),
+    ("model weights corrupt (truncated safetensors)",
+     lambda b: ["unlearn", "--model_name_or_path", _truncated_copy(b), "--dataset", b.data_dir, "--output_dir", b.out],
+     "cannot be read", False),
     # --- unlearn: data
     ("unknown forget split", lambda b: _real(b, "--forget_split", "forget11"), "Unknown forget split 'forget11'", True),
     ("data path is a file", lambda b: ["unlearn", "--model_name_or_path", b.model, "--dataset",
@@ -196,6 +213,9 @@ CASES = [
     ("stamp: output folder holds files",
      lambda b: ["stamp", "--model_name_or_path", b.model, "--prompt", "Who?", "--answer", "Jo.", "--output_dir",
                 b.folder("earlier", {"model.safetensors": b"x"})], "already holds files", True),
+    ("stamp: a model without MLP down-projections (GPT-2)",
+     lambda b: ["stamp", "--model_name_or_path", b.folder("gpt2", {"config.json": _gpt2_config()}), "--prompt", "Who?",
+                "--answer", "Jo.", "--output_dir", b.out], "GPT2LMHeadModel has none", True),
     ("stamp: missing retain questions file",
      lambda b: ["stamp", "--model_name_or_path", b.model, "--prompt", "Who?", "--answer", "Jo.", "--retain_questions",
                 "no_such_questions.txt", "--output_dir", b.out], "no_such_questions.txt", True),
@@ -215,6 +235,12 @@ CASES = [
     ("antidote: unknown target modules", lambda b: ["antidote", "--model_name_or_path", b.model, "--score", "magnitude",
                                                     "--target_modules", "query", "key", "--output_dir", b.out],
      "found no linear layers named ['key', 'query']", True),
+    ("antidote: adapter whose base model is gone",
+     lambda b: ["antidote", "--model_name_or_path",
+                b.folder("orphan", {"adapter_config.json": json.dumps({"base_model_name_or_path": "/no/such/base",
+                                                                        "target_modules": ["q_proj"]}),
+                                    "adapter_model.safetensors": b"x"}), "--score", "magnitude", "--output_dir", b.out],
+     "/no/such/base", True),
     ("antidote: adapter saved as a pickle",
      lambda b: ["antidote", "--model_name_or_path",
                 b.folder("adapter", {"adapter_config.json": "{}", "adapter_model.bin": b"x"}), "--score", "magnitude",
