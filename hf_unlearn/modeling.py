@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,15 +60,19 @@ def load_causal_lm(
     tokenizer_kwargs = {"trust_remote_code": trust_remote_code}
     if gguf_file is not None:
         tokenizer_kwargs["gguf_file"] = gguf_file
+    from_hub = gguf_file is None and not looks_local(name_or_path)
+    offline = from_hub and not hub_reachable()
+    if offline:  # the cache only, at once (huggingface_hub would retry the unreachable Hub for about a minute)
+        kwargs["local_files_only"] = tokenizer_kwargs["local_files_only"] = True
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), **tokenizer_kwargs)
     except OSError as error:
-        if gguf_file is not None or looks_local(name_or_path):
+        if not from_hub:
             raise
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise OSError(f"Cannot load {name_or_path!r} from the Hub or the local cache ({first_line}); check the name "
-                      "(org/name on huggingface.co; a local folder must exist), and offline set HF_HUB_OFFLINE=1 to use "
-                      "the cache only.") from None
+        where = "the local cache (the Hub is unreachable from here)" if offline else "the Hub or the local cache"
+        raise OSError(f"Cannot load {name_or_path!r} from {where}: {first_line} Check the name (org/name on the Hub; "
+                      "a local folder must exist).") from None
     from safetensors import SafetensorError
 
     try:
@@ -85,6 +90,25 @@ def load_causal_lm(
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hub endpoint (`HF_ENDPOINT`, huggingface.co by default) accepts a TCP connection, asked once per
+    process; False under `HF_HUB_OFFLINE=1`."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout_s).close()
+    except OSError:
+        return False
+    return True
 
 
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin")

@@ -161,6 +161,8 @@ CASES = [
     # --- unlearn: model
     ("model path does not exist", lambda b: ["unlearn", "--model_name_or_path", "./no/such/model", "--dataset",
                                              b.data_dir, "--output_dir", b.out], "No model at no/such/model", True),
+    ("misspelt Hub model name", lambda b: ["unlearn", "--model_name_or_path", "someorg/misspelt-modl", "--dataset",
+                                           b.data_dir, "--output_dir", b.out], "Cannot load 'someorg/misspelt-modl'", True),
     ("model folder is not a model", lambda b: ["unlearn", "--model_name_or_path", b.folder("notes", {"a.txt": "x"}),
                                                "--dataset", b.data_dir, "--output_dir", b.out],
      "not a transformers model folder", True),
