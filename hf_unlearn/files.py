@@ -48,20 +48,27 @@ def claim_fresh_path(base: str | os.PathLike, suffix: str = "", directory: bool 
 
 
 def fresh_output_dir(path: str | os.PathLike) -> Path:
-    """`path` as a `Path`, created when absent, refused with `FileExistsError` when it already holds files (a run
-    never writes over earlier results) and with `PermissionError` when it cannot be written (found before any
-    model loads)."""
+    """`path` as a `Path`, refused with `FileExistsError` when it already holds files (a run never writes over
+    earlier results) and with `PermissionError` when it could not be written (found before any model loads)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"--output_dir {path} is a file; pick a folder that does not exist yet.")
     if path.exists() and any(not p.name.startswith(WRITE_CHECK_PREFIX) for p in path.iterdir()):
         raise FileExistsError(f"{path} already holds files; pick a new --output_dir.")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise PermissionError(f"cannot create --output_dir {path} ({error.strerror}); pick a writable folder.") from None
-    check_writable(path)
+    check_output_dir_writable(path)
     return path
+
+
+def check_output_dir_writable(path: str | os.PathLike) -> None:
+    """Refuse an output folder that could not be written: the folder itself when it exists, else the nearest
+    existing folder above it (where it would be created). Nothing is created: a refused run leaves no folder."""
+    path = Path(path).expanduser().absolute()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FileExistsError(f"cannot create --output_dir {path}: {existing} is a file; pick another folder.")
+    check_writable(existing)
 
 
 def check_writable(folder: str | os.PathLike) -> None:

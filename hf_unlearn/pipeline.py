@@ -91,8 +91,8 @@ def distributed_state(config) -> PartialState:
 
 def _check_output_dir(config) -> None:
     """Refuse, before anything loads, an output folder that holds an earlier run (unless resuming it), is a file,
-    or cannot be written."""
-    from .files import WRITE_CHECK_PREFIX, check_writable
+    or could not be written."""
+    from .files import WRITE_CHECK_PREFIX, check_output_dir_writable
 
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
@@ -103,11 +103,7 @@ def _check_output_dir(config) -> None:
             f"{out} already holds results; pick a new --output_dir, or pass --resume_from_checkpoint to continue "
             "that run (earlier results are never overwritten)."
         )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise PermissionError(f"cannot create --output_dir {out} ({error.strerror}); pick a writable folder.") from None
-    check_writable(out)
+    check_output_dir_writable(out)
 
 
 RESUME_LAST = ("true", "last", "yes", "1")

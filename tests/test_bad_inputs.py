@@ -11,7 +11,6 @@ with models in `test_bad_inputs_models.py`.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -329,17 +328,21 @@ def test_the_hub_token_never_reaches_the_disk(embedded, tmp_path):
     assert leaking == []
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_an_unwritable_output_folder_is_refused_before_loading(bad, model_loads, tmp_path, capsys):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        status, err = run_cli(_real(bad)[:-4] + ["--output_dir", str(locked / "run"), "--report_to", "none"], capsys)
-    finally:
-        locked.chmod(0o700)
-    assert status == 1 and "pick a writable" in err and model_loads == []
+def test_an_unwritable_output_folder_is_refused_before_loading(bad, model_loads, tmp_path, monkeypatch, capsys):
+    """A read-only mount (simulated: the probe file cannot be created, as for root a chmod would not stop it) is
+    refused before any model loads, and nothing is created."""
+    import errno
 
+    import hf_unlearn.files
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(hf_unlearn.files.tempfile, "mkstemp", read_only)
+    status, err = run_cli(_real(bad)[:-4] + ["--output_dir", str(tmp_path / "mounted" / "run"), "--report_to", "none"],
+                          capsys)
+    assert status == 1 and "cannot write in" in err and "Read-only file system" in err and model_loads == []
+    assert not (tmp_path / "mounted").exists()
 
 def test_resume_true_picks_the_last_complete_checkpoint(tmp_path):
     """A run killed while saving checkpoint-3 left it without trainer_state.json: `--resume_from_checkpoint true`
