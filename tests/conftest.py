@@ -27,9 +27,10 @@ _share_the_cores_between_workers()
 
 
 def pytest_collection_modifyitems(config, items):
-    """The tests marked `slow` first (in their file order), so that under pytest-xdist the longest ones start
-    early and the short ones fill the gaps, instead of one long test starting last."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The tests marked `slow` first, those that do not wait for the embedded benchmark's build first among them
+    (file order otherwise), so that under pytest-xdist the longest ones start early (on a fresh machine while the
+    other worker builds the benchmark) and the short ones fill the gaps, instead of one long test starting last."""
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, "embedded" in item.fixturenames))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("HF_UNLEARN_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -72,6 +73,19 @@ def embedded():
     from hf_unlearn.embedded_benchmark import build_embedded_benchmark
 
     return build_embedded_benchmark()
+
+
+@pytest.fixture(scope="session")
+def embedded_data_dir(tmp_path_factory):
+    """The embedded benchmark's data alone (the same files as `embedded.data_dir`, generated in a second without
+    training its models): tests that need only the data do not wait for a first build of the benchmark."""
+    from hf_unlearn.data.embedded import generate_embedded_world, write_world
+    from hf_unlearn.embedded_benchmark import EmbeddedBenchmarkConfig
+
+    world = EmbeddedBenchmarkConfig().world
+    folder = tmp_path_factory.mktemp("embedded") / "data"
+    write_world(generate_embedded_world(world), folder, world)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -77,11 +77,11 @@ def test_a_deep_copy_of_a_trained_model_runs_its_own_weights(finetuned):
         assert not torch.allclose(trained(**x).logits, clone(**x).logits)
 
 
-def antidote_rows(embedded, model, tokenizer, config, dense_ratio, **benign_task):
+def antidote_rows(data_dir, model, tokenizer, config, dense_ratio, **benign_task):
     """The benchmark on `model` with the embedded benign task and the shared AdvBench, and its table at one ratio."""
-    train, evaluation = embedded_benign_task(embedded.data_dir, **benign_task)
+    train, evaluation = embedded_benign_task(data_dir, **benign_task)
     benchmark = build_harmful_finetuning_benchmark(model, tokenizer, train, evaluation,
-                                                   embedded_replay_rows(embedded.data_dir), config,
+                                                   embedded_replay_rows(data_dir), config,
                                                    shared_data("advbench", "harmful_behaviors.csv"))
     rows = antidote_table(benchmark, dense_ratios=[dense_ratio])
     print("\n" + format_table(rows))
@@ -92,7 +92,7 @@ def antidote_rows(embedded, model, tokenizer, config, dense_ratio, **benign_task
 def test_antidote_restores_refusals_that_random_pruning_does_not(embedded, finetuned):
     model, tokenizer = copy.deepcopy(finetuned[0]), finetuned[1]
     config = HarmfulFinetuningConfig(num_test=50)
-    rows = antidote_rows(embedded, model, tokenizer, config, dense_ratio=0.2)
+    rows = antidote_rows(embedded.data_dir, model, tokenizer, config, dense_ratio=0.2)
     result = {(r["model"], r["dense_ratio"]): r for r in rows}
     aligned, tuned = result["aligned", None], result["fine-tuned", 0.0]
     antidote, random_pruned = result["Antidote", 0.2], result["random pruning", 0.2]
@@ -105,7 +105,7 @@ def test_antidote_restores_refusals_that_random_pruning_does_not(embedded, finet
 
 
 @pytest.mark.slow
-def test_antidote_on_smollm2_restores_refusals_and_keeps_the_benign_task(embedded):
+def test_antidote_on_smollm2_restores_refusals_and_keeps_the_benign_task(embedded_data_dir):
     """SmolLM2-135M-Instruct with the recipe's SmolLM2 settings (LoRA r 16, fine-tuning lr 1e-3 for 5 epochs), dense
     ratio 0.1, on a smaller benchmark than the recipe's, sized for CI: alignment on 60 AdvBench refusals + 60 replayed
     rows for 3 epochs (recipe: 150 + 150 for 4), harmful fine-tuning on 80 benign rows mixed with 15% harmful ones
@@ -114,7 +114,8 @@ def test_antidote_on_smollm2_restores_refusals_and_keeps_the_benign_task(embedde
     (benign 1.00), Antidote 0.07 with benign 1.00, magnitude and random pruning of as many weights (393120 of
     4884480) 1.00; align 607 s, fine-tuning 386 s, table 278 s. The recipe's full settings
     (`recipes/antidote_prune.py`, ratios 0.05-0.3): Antidote harmful 1.00 -> 0.01 with benign accuracy 1.00.
-    It is the longest test: it takes every core (under pytest-xdist the other worker's tests share them)."""
+    It is the longest test: it takes every core (under pytest-xdist the other worker's tests share them), and it
+    needs only the embedded data, so on a fresh machine it does not wait for the embedded models to be built."""
     from hf_unlearn.modeling import load_smollm2
 
     threads = torch.get_num_threads()
@@ -124,7 +125,7 @@ def test_antidote_on_smollm2_restores_refusals_and_keeps_the_benign_task(embedde
         config = HarmfulFinetuningConfig(alignment_lora_r=16, finetune_learning_rate=1e-3, finetune_epochs=5,
                                          harmful_max_new_tokens=16, num_test=30, num_align=60, num_replay=60,
                                          alignment_epochs=3, harmful_fraction=0.15)
-        rows = antidote_rows(embedded, model, tokenizer, config, dense_ratio=0.1, num_train=80, num_eval=32)
+        rows = antidote_rows(embedded_data_dir, model, tokenizer, config, dense_ratio=0.1, num_train=80, num_eval=32)
     finally:
         torch.set_num_threads(threads)
     result = {r["model"]: r for r in rows}

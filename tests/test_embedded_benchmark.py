@@ -36,3 +36,11 @@ def test_cached_benchmark_is_reused(embedded):
     assert again.root == embedded.root
     assert time.perf_counter() - start < 5
     assert embedded.report["finetuned"]["full"]["exact_match"] > 0.9
+
+
+def test_the_data_alone_equals_the_built_benchmarks_data(embedded, embedded_data_dir):
+    """conftest's `embedded_data_dir` (the data without the models) holds the very files of the build."""
+    built = sorted(p.name for p in embedded.data_dir.iterdir())
+    assert built == sorted(p.name for p in embedded_data_dir.iterdir()) and "forget10.json" in built
+    for name in built:
+        assert (embedded_data_dir / name).read_bytes() == (embedded.data_dir / name).read_bytes(), name
