@@ -364,3 +364,17 @@ def test_resume_true_picks_the_last_complete_checkpoint(tmp_path):
     config.resume_from_checkpoint = "last"
     resolve_resume_checkpoint(config)
     assert config.resume_from_checkpoint == str(tmp_path / "checkpoint-1")
+
+
+def test_fresh_files_and_folders_are_claimed_exclusively(tmp_path):
+    """`hf-unlearn generate` without `--output_file` and a run without `--output_dir` claim their path by creating
+    it (O_EXCL / mkdir): a second claim never gets the first one's, and a named path that exists is refused."""
+    from hf_unlearn.files import claim_fresh_path
+
+    files = [claim_fresh_path(tmp_path / "outputs" / "cleangen", ".jsonl", directory=False) for _ in range(3)]
+    assert [f.name for f in files] == ["cleangen.jsonl", "cleangen-2.jsonl", "cleangen-3.jsonl"]
+    assert all(f.is_file() and f.stat().st_size == 0 for f in files)
+    folders = [claim_fresh_path(tmp_path / "outputs" / "run") for _ in range(2)]
+    assert [f.name for f in folders] == ["run", "run-2"] and all(f.is_dir() for f in folders)
+    with pytest.raises(FileExistsError, match="cleangen.jsonl exists"):
+        claim_fresh_path(files[0], directory=False, numbered=False)
