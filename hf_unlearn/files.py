@@ -47,13 +47,17 @@ def claim_fresh_path(base: str | os.PathLike, suffix: str = "", directory: bool 
             n += 1
 
 
-def fresh_output_dir(path: str | os.PathLike) -> Path:
-    """`path` as a `Path`, refused with `FileExistsError` when it already holds files (a run never writes over
-    earlier results) and with `PermissionError` when it could not be written (found before any model loads)."""
+def fresh_output_dir(path: str | os.PathLike, resumable: bool = False, resuming: bool = False) -> Path:
+    """`path` as a `Path`, refused with `FileExistsError` when it is a file or already holds files (a run never
+    writes over earlier results; `resuming` a `resumable` run in it allows them) and with `PermissionError` when it
+    could not be written (found before any model loads). Nothing is created."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"--output_dir {path} is a file; pick a folder that does not exist yet.")
-    if path.exists() and any(not p.name.startswith(WRITE_CHECK_PREFIX) for p in path.iterdir()):
+    if not resuming and path.exists() and any(not p.name.startswith(WRITE_CHECK_PREFIX) for p in path.iterdir()):
+        if resumable:
+            raise FileExistsError(f"{path} already holds results; pick a new --output_dir, or pass "
+                                  "--resume_from_checkpoint to continue that run (earlier results are never overwritten).")
         raise FileExistsError(f"{path} already holds files; pick a new --output_dir.")
     check_output_dir_writable(path)
     return path

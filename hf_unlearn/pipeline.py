@@ -14,7 +14,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 
 from .data.tofu import load_tofu_split, retain_split_for
 from .eval.distributed import destroy_process_group_at_exit
-from .files import atomic_write, claim_fresh_path
+from .files import atomic_write, claim_fresh_path, fresh_output_dir
 
 
 @dataclass
@@ -87,23 +87,6 @@ def distributed_state(config) -> PartialState:
     config.device  # noqa: B018 - initialises the distributed state the way the Trainer will use it
     destroy_process_group_at_exit()
     return PartialState()
-
-
-def _check_output_dir(config) -> None:
-    """Refuse, before anything loads, an output folder that holds an earlier run (unless resuming it), is a file,
-    or could not be written."""
-    from .files import WRITE_CHECK_PREFIX, check_output_dir_writable
-
-    out = Path(config.output_dir)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--output_dir {out} is a file; pick a folder that does not exist yet.")
-    holds_files = out.exists() and any(not p.name.startswith(WRITE_CHECK_PREFIX) for p in out.iterdir())
-    if holds_files and not config.resume_from_checkpoint:
-        raise FileExistsError(
-            f"{out} already holds results; pick a new --output_dir, or pass --resume_from_checkpoint to continue "
-            "that run (earlier results are never overwritten)."
-        )
-    check_output_dir_writable(out)
 
 
 RESUME_LAST = ("true", "last", "yes", "1")
@@ -200,7 +183,7 @@ def run_unlearning(run: UnlearnRunArguments, config) -> dict:
     if not isinstance(config, config_class):
         raise TypeError(f"Method {run.method!r} needs a {config_class.__name__}, got {type(config).__name__}.")
     resolve_resume_checkpoint(config)
-    _check_output_dir(config)
+    fresh_output_dir(config.output_dir, resumable=True, resuming=config.resume_from_checkpoint is not None)
     push_to_hub, config.push_to_hub = config.push_to_hub, False  # pushed once at the end, with the model card
     if push_to_hub and not config.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id user-or-org/name (the repository to create or update).")
