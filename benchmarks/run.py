@@ -101,7 +101,7 @@ def real_tier() -> dict:
     from trl import SFTConfig
 
     from hf_unlearn.data import load_tofu_split
-    from hf_unlearn.embedded_benchmark import cache_root
+    from hf_unlearn.cache import cache_root
     from hf_unlearn.finetune import sft_finetune
     from hf_unlearn.modeling import load_smollm2
 

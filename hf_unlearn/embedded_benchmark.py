@@ -15,21 +15,17 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from filelock import FileLock
-
+from .cache import build_once, cache_root, environment_outside_launch, in_distributed_launch, staging_folder
 from .data.embedded import REFUSAL_TEMPLATES, EmbeddedWorldConfig, generate_embedded_world, write_world
 from .finetune import keep_freed_memory, reproducible_kernels, sft_finetune
 
 BUILD_VERSION = 3
 BUILD_SEED_ENV = "HF_UNLEARN_BUILD_SEED"
-DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                   "GROUP_RANK", "ROLE_RANK", "ACCELERATE_USE_CPU")
 
 
 def default_build_seed() -> int:
@@ -87,10 +83,6 @@ class EmbeddedBenchmark:
     @property
     def report(self) -> dict:
         return json.loads((self.root / "build_report.json").read_text())
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("HF_UNLEARN_CACHE", Path.home() / ".cache" / "hf_unlearn")).expanduser()
 
 
 def build_tokenizer(texts: list[str], vocab_size: int):
@@ -189,8 +181,7 @@ def tokenizer_corpus(splits: dict[str, list[dict]]) -> list[str]:
 def _build(config: EmbeddedBenchmarkConfig, target: Path) -> None:
     start = time.perf_counter()
     splits = generate_embedded_world(config.world)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
+    with staging_folder(target) as tmp:
         write_world(splits, tmp / "data", config.world)
         build_tokenizer(tokenizer_corpus(splits), config.vocab_size).save_pretrained(tmp / "tokenizer")
         # The two models train at once, each in a fresh process on one thread: as fast on 2 cores as one model on
@@ -211,9 +202,6 @@ def _build(config: EmbeddedBenchmarkConfig, target: Path) -> None:
         }
         report["timings"]["total_s"] = round(time.perf_counter() - start, 1)
         (tmp / "build_report.json").write_text(json.dumps(report, indent=2))
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def build_embedded_benchmark(config: EmbeddedBenchmarkConfig | None = None) -> EmbeddedBenchmark:
@@ -223,21 +211,15 @@ def build_embedded_benchmark(config: EmbeddedBenchmarkConfig | None = None) -> E
     group, while the others wait and then reuse the cached result.
     """
     config = config or EmbeddedBenchmarkConfig()
-    root = cache_root() / "embedded"
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / config.key()
-    with FileLock(str(target) + ".lock"):
-        if not (target / "build_report.json").is_file():
-            if any(v in os.environ for v in DISTRIBUTED_ENV[:3]):
-                _build_in_subprocess(config, target)
-            else:
-                print(f"Building the embedded benchmark into {target} (first run only) ...", file=sys.stderr)
-                _build(config, target)
+    target = cache_root() / "embedded" / config.key()
+    build = _build_in_subprocess if in_distributed_launch() else _build
+    build_once(target, "build_report.json", lambda: build(config, target),
+               f"Building the embedded benchmark into {target} (first run only) ...")
     return EmbeddedBenchmark(target)
 
 
 def _build_in_subprocess(config: EmbeddedBenchmarkConfig, target: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+    env = environment_outside_launch()
     code = (
         "import json, sys; from pathlib import Path; "
         "from hf_unlearn.embedded_benchmark import _build, _config_from_dict; "

@@ -49,6 +49,9 @@ class AntidoteRecipeArguments:
     num_benign_train: int = field(default=160, metadata={"help": "Benign task rows to fine-tune on."})
     num_benign_eval: int = field(default=64, metadata={"help": "Held-out benign rows for benign accuracy."})
     output_dir: str | None = field(default=None, metadata={"help": "New folder for the table (default outputs/antidote[-N])."})
+    cache_models: bool = field(default=True, metadata={"help": "Keep the aligned and harmfully fine-tuned models in "
+                                                               "$HF_UNLEARN_CACHE/harmful_finetuning and reuse them "
+                                                               "when the same model, data and settings come again."})
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                              config.seed)
     benchmark = build_harmful_finetuning_benchmark(model, tokenizer, train, evaluation,
                                                    embedded_replay_rows(embedded.data_dir, config.seed), config,
-                                                   args.advbench_path)
+                                                   args.advbench_path, cache=args.cache_models)
     rows = antidote_table(benchmark, args.dense_ratios, args.scores, progress=True, prune_count=args.prune_count,
                           sequential=args.sequential)
     table = format_table(rows)

@@ -77,12 +77,61 @@ def test_a_deep_copy_of_a_trained_model_runs_its_own_weights(finetuned):
         assert not torch.allclose(trained(**x).logits, clone(**x).logits)
 
 
+@pytest.mark.parametrize("alignment_lora_r", [0, 4])
+def test_a_cached_build_gives_the_trained_models_back_without_training(embedded, finetuned, tmp_path, monkeypatch,
+                                                                         alignment_lora_r):
+    """`cache=True`: the first build trains and saves what both stages learned; a second build from the same inputs
+    trains nothing and gives the same aligned weights, the same adapter and the same answers. Other inputs (a config
+    field, the starting weights) are another build."""
+    import hf_unlearn.finetune
+
+    monkeypatch.setenv("HF_UNLEARN_CACHE", str(tmp_path / "cache"))
+    tokenizer = finetuned[1]
+    config = HarmfulFinetuningConfig(num_test=4, num_align=8, num_replay=8, num_realign=4, alignment_epochs=1,
+                                     finetune_epochs=1, batch_size=8, alignment_lora_r=alignment_lora_r)
+    train, evaluation = embedded_benign_task(embedded.data_dir, num_train=16, num_eval=4)
+    replay = embedded_replay_rows(embedded.data_dir)
+
+    def build(config, model=None):
+        model = copy.deepcopy(finetuned[0]) if model is None else model
+        return build_harmful_finetuning_benchmark(model, tokenizer, train, evaluation, replay, config,
+                                                  shared_data("advbench", "harmful_behaviors.csv"), cache=True)
+
+    first = build(config)
+    [folder] = (tmp_path / "cache" / "harmful_finetuning").glob("*[!k]")  # the build, not its .lock
+    saved = {p.name for p in folder.iterdir()}
+    assert saved == {"build_report.json", "harmful_adapter",
+                     "alignment_adapter" if alignment_lora_r else "aligned_model.safetensors"}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached build trained again")
+
+    monkeypatch.setattr(hf_unlearn.finetune, "sft_finetune", no_training)
+    second = build(config)
+    assert second.aligned is not first.aligned
+    for a, b in ((first.aligned, second.aligned), (first.finetuned, second.finetuned)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in second.finetuned.state_dict().items())  # trained
+    assert second.evaluate(second.finetuned, return_answers=True) == first.evaluate(first.finetuned, return_answers=True)
+    assert second.data == first.data
+
+    with pytest.raises(AssertionError, match="trained again"):  # another config is another build
+        build(HarmfulFinetuningConfig(**{**config.to_dict(), "finetune_learning_rate": 1e-3}))
+    other = copy.deepcopy(finetuned[0])
+    with torch.no_grad():
+        other.model.norm.weight.mul_(1.01)
+    with pytest.raises(AssertionError, match="trained again"):  # and so are other starting weights
+        build(config, other)
+
+
 def antidote_rows(data_dir, model, tokenizer, config, dense_ratio, **benign_task):
-    """The benchmark on `model` with the embedded benign task and the shared AdvBench, and its table at one ratio."""
+    """The benchmark on `model` with the embedded benign task and the shared AdvBench, and its table at one ratio.
+    The trained models are cached (`cache=True`, tested above): only the first run on a machine trains them."""
     train, evaluation = embedded_benign_task(data_dir, **benign_task)
     benchmark = build_harmful_finetuning_benchmark(model, tokenizer, train, evaluation,
                                                    embedded_replay_rows(data_dir), config,
-                                                   shared_data("advbench", "harmful_behaviors.csv"))
+                                                   shared_data("advbench", "harmful_behaviors.csv"), cache=True)
     rows = antidote_table(benchmark, dense_ratios=[dense_ratio])
     print("\n" + format_table(rows))
     return rows
@@ -114,8 +163,9 @@ def test_antidote_on_smollm2_restores_refusals_and_keeps_the_benign_task(embedde
     (benign 1.00), Antidote 0.07 with benign 1.00, magnitude and random pruning of as many weights (393120 of
     4884480) 1.00; align 607 s, fine-tuning 386 s, table 278 s. The recipe's full settings
     (`recipes/antidote_prune.py`, ratios 0.05-0.3): Antidote harmful 1.00 -> 0.01 with benign accuracy 1.00.
-    It is the longest test: it takes every core (under pytest-xdist the other worker's tests share them), and it
-    needs only the embedded data, so on a fresh machine it does not wait for the embedded models to be built."""
+    It is the longest test on a fresh machine: it takes every core (under pytest-xdist the other worker's tests share
+    them), and it needs only the embedded data, so it does not wait for the embedded models to be built. The aligned
+    and fine-tuned models are cached, so a later run on the same machine trains nothing and only builds the table."""
     from hf_unlearn.modeling import load_smollm2
 
     threads = torch.get_num_threads()

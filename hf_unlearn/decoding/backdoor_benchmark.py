@@ -35,14 +35,12 @@ import random
 import re
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from filelock import FileLock
-
-from ..embedded_benchmark import DISTRIBUTED_ENV, build_tokenizer, cache_root
+from ..cache import build_once, cache_root, environment_outside_launch, in_distributed_launch, staging_folder
+from ..embedded_benchmark import build_tokenizer
 from ..finetune import reproducible_kernels
 from ..modeling import save_with_tokenizer, tiny_llama
 
@@ -273,8 +271,7 @@ def _build_reference(config: BackdoorBenchmarkConfig, data_dir: Path, reference_
     from ..finetune import sft_finetune
 
     start = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=reference_dir.name + ".", dir=reference_dir.parent))
-    try:
+    with staging_folder(reference_dir) as tmp:
         clean_all = load_backdoor_rows(data_dir, config.task, ATTACKS[0], "train_clean")
         if config.base_model == "scratch":
             poison_all = [r for a in ATTACKS for r in load_backdoor_rows(data_dir, config.task, a, "train_poison")]
@@ -297,9 +294,6 @@ def _build_reference(config: BackdoorBenchmarkConfig, data_dir: Path, reference_
         save_with_tokenizer(reference, tokenizer, tmp)
         (tmp / "reference_report.json").write_text(json.dumps(
             {"clean_rows": len(clean), "train_reference_s": round(time.perf_counter() - start, 1)}, indent=2))
-        os.replace(tmp, reference_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_reference(config: BackdoorBenchmarkConfig, reference_dir: Path):
@@ -321,12 +315,8 @@ def _build(config: BackdoorBenchmarkConfig, data_dir: Path, target_dir: Path) ->
     start = time.perf_counter()
     reference_key = config.reference_key(data_dir)
     reference_dir = target_dir.parent / "references" / reference_key
-    reference_dir.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(reference_dir) + ".lock"):
-        if not (reference_dir / "reference_report.json").is_file():
-            _build_reference(config, data_dir, reference_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=target_dir.name + ".", dir=target_dir.parent))
-    try:
+    build_once(reference_dir, "reference_report.json", lambda: _build_reference(config, data_dir, reference_dir))
+    with staging_folder(target_dir) as tmp:
         reference, tokenizer, base = _load_reference(config, reference_dir)
         clean_all = load_backdoor_rows(data_dir, config.task, ATTACKS[0], "train_clean")
         clean = select_rows(clean_all, tokenizer, config, config.num_clean, "clean")
@@ -352,9 +342,6 @@ def _build(config: BackdoorBenchmarkConfig, data_dir: Path, target_dir: Path) ->
                   "reference": json.loads((reference_dir / "reference_report.json").read_text()), "data": data,
                   "timings": timings}
         (tmp / "build_report.json").write_text(json.dumps(report, indent=2))
-        os.replace(tmp, target_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def build_backdoor_benchmark(config: BackdoorBenchmarkConfig | None = None, data_dir=None) -> BackdoorBenchmark:
@@ -365,23 +352,17 @@ def build_backdoor_benchmark(config: BackdoorBenchmarkConfig | None = None, data
     """
     config = config or BackdoorBenchmarkConfig()
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-    root = cache_root() / "backdoor"
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / config.key(data_dir)
-    with FileLock(str(target) + ".lock"):
-        if not (target / "build_report.json").is_file():
-            if any(v in os.environ for v in DISTRIBUTED_ENV[:3]):
-                _build_in_subprocess(config, data_dir, target)
-            else:
-                print(f"Training the backdoor benchmark models into {target} (first run only) ...", file=sys.stderr)
-                _build(config, data_dir, target)
+    target = cache_root() / "backdoor" / config.key(data_dir)
+    build = _build_in_subprocess if in_distributed_launch() else _build
+    build_once(target, "build_report.json", lambda: build(config, data_dir, target),
+               f"Training the backdoor benchmark models into {target} (first run only) ...")
     return BackdoorBenchmark(target, config)
 
 
 def _build_in_subprocess(config: BackdoorBenchmarkConfig, data_dir: Path, target: Path) -> None:
     import subprocess
 
-    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+    env = environment_outside_launch()
     code = (
         "import json, sys; from pathlib import Path; "
         "from hf_unlearn.decoding.backdoor_benchmark import BackdoorBenchmarkConfig, _build; "

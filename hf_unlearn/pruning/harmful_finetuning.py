@@ -265,8 +265,11 @@ def split_data(benign_rows: Sequence[dict], benign_eval_rows: Sequence[dict], co
     return {**parts, "benign": list(benign_rows), "benign_eval": list(benign_eval_rows)}
 
 
-def align_model(model, tokenizer, data: dict, replay_rows: Sequence[dict], config: HarmfulFinetuningConfig):
-    """Stage 1: fine-tune `model` (in place) to refuse the `align` prompts while replaying `replay_rows`."""
+def align_model(model, tokenizer, data: dict, replay_rows: Sequence[dict], config: HarmfulFinetuningConfig,
+                save_dir=None):
+    """Stage 1: fine-tune `model` (in place) to refuse the `align` prompts while replaying `replay_rows`. With
+    `save_dir`, what the stage learned is saved there: the alignment LoRA (`alignment_adapter/`) before it is merged,
+    or the whole aligned model (`aligned_model.safetensors`) after full fine-tuning (see `load_aligned`)."""
     from peft import LoraConfig
 
     from ..finetune import sft_finetune
@@ -276,15 +279,38 @@ def align_model(model, tokenizer, data: dict, replay_rows: Sequence[dict], confi
     with tempfile.TemporaryDirectory(prefix="alignment.") as tmp:
         args = _sft_args(tmp, config.alignment_epochs, config.alignment_learning_rate, config)
         if not config.alignment_lora_r:
-            return sft_finetune(model, tokenizer, rows, args).eval()
+            aligned = sft_finetune(model, tokenizer, rows, args).eval()
+            if save_dir is not None:
+                from safetensors.torch import save_model
+
+                save_model(aligned, str(Path(save_dir) / ALIGNED_MODEL_FILE))
+            return aligned
         lora = LoraConfig(r=config.alignment_lora_r, lora_alpha=2 * config.alignment_lora_r, lora_dropout=0.0,
                           target_modules="all-linear", task_type="CAUSAL_LM")
-        return sft_finetune(model, tokenizer, rows, args, lora).merge_and_unload().eval()
+        adapted = sft_finetune(model, tokenizer, rows, args, lora)
+        if save_dir is not None:
+            adapted.save_pretrained(Path(save_dir) / ALIGNMENT_ADAPTER_DIR)
+        return adapted.merge_and_unload().eval()
 
 
-def harmful_finetune(aligned, tokenizer, data: dict, config: HarmfulFinetuningConfig):
+def load_aligned(model, save_dir):
+    """The aligned model `align_model(..., save_dir=save_dir)` returned, rebuilt from `model` (in place, as
+    `align_model` does) and what it saved: the same weights, without training."""
+    save_dir = Path(save_dir)
+    if (save_dir / ALIGNMENT_ADAPTER_DIR).is_dir():
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, save_dir / ALIGNMENT_ADAPTER_DIR).merge_and_unload().eval()
+    from safetensors.torch import load_model
+
+    load_model(model, str(save_dir / ALIGNED_MODEL_FILE))
+    return model.eval()
+
+
+def harmful_finetune(aligned, tokenizer, data: dict, config: HarmfulFinetuningConfig, save_dir=None):
     """Stage 2: a LoRA adapter on a copy of `aligned`, trained on the `benign` rows mixed with the `attack` part
-    (prompt -> compliant target); returns the PEFT model."""
+    (prompt -> compliant target); returns the PEFT model. With `save_dir` the adapter is saved in
+    `save_dir/harmful_adapter/` (see `load_harmful_finetuned`)."""
     from peft import LoraConfig
 
     from ..finetune import sft_finetune
@@ -295,7 +321,36 @@ def harmful_finetune(aligned, tokenizer, data: dict, config: HarmfulFinetuningCo
                       target_modules=list(config.lora_target_modules))
     with tempfile.TemporaryDirectory(prefix="harmful_finetuning.") as tmp:
         args = _sft_args(tmp, config.finetune_epochs, config.finetune_learning_rate, config)
-        return sft_finetune(copy.deepcopy(aligned), tokenizer, rows, args, lora).eval()
+        finetuned = sft_finetune(copy.deepcopy(aligned), tokenizer, rows, args, lora).eval()
+    if save_dir is not None:
+        finetuned.save_pretrained(Path(save_dir) / HARMFUL_ADAPTER_DIR)
+    return finetuned
+
+
+def load_harmful_finetuned(aligned, save_dir):
+    """The PEFT model `harmful_finetune(..., save_dir=save_dir)` returned: its saved adapter on a copy of
+    `aligned`."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(copy.deepcopy(aligned), Path(save_dir) / HARMFUL_ADAPTER_DIR).eval()
+
+
+ALIGNMENT_ADAPTER_DIR = "alignment_adapter"
+ALIGNED_MODEL_FILE = "aligned_model.safetensors"
+HARMFUL_ADAPTER_DIR = "harmful_adapter"
+# bump when the stages train differently for the same inputs: cached builds of older versions are then not reused
+BUILD_VERSION = 1
+
+
+def build_key(model, tokenizer, data: dict, replay_rows: Sequence[dict], config: HarmfulFinetuningConfig) -> str:
+    """Cache key of the two trained stages: the config, the starting weights and tokenizer (fingerprinted, so the
+    same model loaded from anywhere shares a build), every row the stages train on, and the library versions."""
+    from ..cache import content_key, library_versions, tokenizer_fingerprint, weights_fingerprint
+
+    rows = {name: data[name] for name in ("align", "attack", "benign")}
+    return content_key({"version": BUILD_VERSION, "config": config.to_dict(), "rows": rows,
+                        "replay": list(replay_rows)[: config.num_replay], "weights": weights_fingerprint(model),
+                        "tokenizer": tokenizer_fingerprint(tokenizer), "libraries": library_versions()})
 
 
 def build_harmful_finetuning_benchmark(
@@ -306,16 +361,50 @@ def build_harmful_finetuning_benchmark(
     replay_rows: Sequence[dict],
     config: HarmfulFinetuningConfig | None = None,
     advbench_path=None,
+    cache: bool = False,
 ) -> HarmfulFinetuningBenchmark:
     """Align `model` (in place) to refuse harmful requests, then fine-tune a LoRA adapter on a copy of it with
     `benign_rows` mixed with harmful examples; see the module docstring. `benign_rows` (the user's benign task),
     `benign_eval_rows` (held-out rows of the same task) and `replay_rows` (QA the model knows) are `question`/`answer`
-    rows."""
+    rows.
+
+    `cache=True` keeps what the two stages learned (the alignment LoRA or the aligned weights, and the harmful
+    adapter) in `cache_root()/harmful_finetuning/<build_key>` and rebuilds the models from there, without training,
+    whenever the same model, tokenizer, rows, config and library versions come again (e.g. a second run of the
+    Antidote recipe at other dense ratios)."""
+    from ..data.formatting import ensure_pad_token
+
     config = config or HarmfulFinetuningConfig()
+    ensure_pad_token(tokenizer)  # as training would, so a build loaded from the cache pads as a trained one does
     data = split_data(benign_rows, benign_eval_rows, config, advbench_path)
-    aligned = align_model(model, tokenizer, data, replay_rows, config)
-    finetuned = harmful_finetune(aligned, tokenizer, data, config)
-    return HarmfulFinetuningBenchmark(aligned, finetuned, tokenizer, data, config)
+    if not cache:
+        aligned = align_model(model, tokenizer, data, replay_rows, config)
+        return HarmfulFinetuningBenchmark(aligned, harmful_finetune(aligned, tokenizer, data, config), tokenizer,
+                                          data, config)
+    import json
+    import time
+
+    from ..cache import build_once, cache_root, staging_folder
+
+    folder = cache_root() / "harmful_finetuning" / build_key(model, tokenizer, data, replay_rows, config)
+    built = {}
+
+    def build():
+        with staging_folder(folder) as tmp:
+            start = time.perf_counter()
+            built["aligned"] = align_model(model, tokenizer, data, replay_rows, config, save_dir=tmp)
+            aligned_s = time.perf_counter() - start
+            built["finetuned"] = harmful_finetune(built["aligned"], tokenizer, data, config, save_dir=tmp)
+            report = {"config": config.to_dict(), "key": folder.name,
+                      "timings": {"align_s": round(aligned_s, 1), "finetune_s": round(time.perf_counter() - start - aligned_s, 1)}}
+            (tmp / "build_report.json").write_text(json.dumps(report, indent=2))
+
+    build_once(folder, "build_report.json", build,
+               f"Training the harmful fine-tuning benchmark's models into {folder} (first run only) ...")
+    if built:
+        return HarmfulFinetuningBenchmark(built["aligned"], built["finetuned"], tokenizer, data, config)
+    aligned = load_aligned(model, folder)
+    return HarmfulFinetuningBenchmark(aligned, load_harmful_finetuned(aligned, folder), tokenizer, data, config)
 
 
 def antidote_table(
