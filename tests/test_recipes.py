@@ -62,13 +62,18 @@ def test_tofu_flat_with_its_embedded_defaults_forgets_and_keeps_utility(embedded
     result = main(["--output_dir", str(tmp_path / "run"), "--report_to", "none", "--save_strategy", "no",
                    "--disable_tqdm", "true", "--seed", str(train_seed)], method="flat")
     before, after = result["results"]["finetuned"], result["results"]["flat"]
-    # Measured on build seeds 0 and 1 x seeds 0-2 (trained until the forget probability is at most 0.35):
-    assert after["forget_rougeL_recall"] < 0.6 * before["forget_rougeL_recall"]  # 1.00 -> 0.40-0.56
-    assert after["forget_prob"] < 0.5 * before["forget_prob"]  # 1.00 -> 0.32-0.35
+    # Measured on build seeds 0 and 1 x seeds 0-2 with the issue-19 definitions (200-token generations, labels ending
+    # with the end of turn), trained until the forget probability is at most 0.35 (`python benchmarks/sweep.py
+    # --method flat --grid learning_rate=1e-4 num_train_epochs=20 per_device_train_batch_size=4
+    # stop_at_forget_prob=0.35,0.4,0.45 --build_seeds 0 1 --seeds 0 1 2`):
+    assert after["forget_rougeL_recall"] < 0.65 * before["forget_rougeL_recall"]  # 1.00 -> 0.37-0.59
+    assert after["forget_prob"] < 0.5 * before["forget_prob"]  # 1.00 -> 0.33-0.35
     # A forget-only loss on authors whose names share syllables and templates with the retained ones: utility falls
-    # (0.81-0.95 x; on build seed 1 every FLAT setting that forgot this far kept at most 0.85 x)
+    # (0.78-0.89 x) and so do the retained answers, most on build seed 1 (retain ROUGE-L 0.55-0.68 there, 0.77-0.88 on
+    # build seed 0). Stopping earlier does not buy both: at forget prob 0.4 build 0 keeps forget ROUGE-L up to 0.61
+    # while build 1's retain ROUGE-L is still 0.57-0.70; at 0.45, 0.64 and 0.62-0.72.
     assert after["model_utility"] > 0.75 * before["model_utility"]
-    assert after["retain_rougeL_recall"] > 0.65  # 0.72-0.89 (1.00 before)
+    assert after["retain_rougeL_recall"] > 0.45
     report = json.loads(Path(result["report"]["json"]).read_text())
     assert report["settings"]["training"]["learning_rate"] == 1e-4  # the embedded default, not the paper's 1e-5
     assert report["settings"]["stopped_when_forgotten"]["forget_prob"] <= 0.35
