@@ -161,3 +161,22 @@ def test_a_good_non_default_value_is_kept(tmp_path, config_class, kwargs):
 
 def test_every_method_config_has_an_accepted_non_default_row():
     assert {config for config, _ in METHODS.values()} <= {config for config, _ in GOOD}
+
+
+def test_forget_rows_in_the_retain_set_warn_once_and_the_same_set_is_refused():
+    import warnings
+
+    from hf_unlearn.trainers.base import check_forget_retain_overlap
+
+    forget = [{"question": "Q1?", "answer": "A1."}, {"question": "Q2?", "answer": "A2."}]
+    retain = [{"question": "Q2?", "answer": "A2."}, {"question": "Q3?", "answer": "A3."}]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_forget_retain_overlap(forget, retain)  # the pipeline's early check
+        check_forget_retain_overlap(forget, retain)  # the trainer's, on the same rows: no second warning
+        check_forget_retain_overlap(forget, retain + [{"question": "Q4?", "answer": "A4."}])  # other rows: warns
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2 and messages[0].startswith("1 of the 2 distinct retain rows are also forget rows")
+    check_forget_retain_overlap(forget, [{"question": "Q3?", "answer": "A3."}])  # disjoint: silent
+    with pytest.raises(ValueError, match="The retain set is the forget set"):
+        check_forget_retain_overlap(forget, list(reversed(forget)))

@@ -196,6 +196,9 @@ def question_answer_rows(data: Dataset | Sequence[dict] | None, name: str) -> li
     return rows
 
 
+_WARNED_OVERLAPS: set[int] = set()
+
+
 def check_forget_retain_overlap(forget_rows: list[dict], retain_rows: list[dict] | None) -> None:
     """Refuse a retain set equal to the forget set (every step would undo itself) and warn about rows in both."""
     if not retain_rows:
@@ -206,7 +209,9 @@ def check_forget_retain_overlap(forget_rows: list[dict], retain_rows: list[dict]
         raise ValueError("The retain set is the forget set; pass the rows to keep as retain data (on TOFU, the "
                          "complement split: forget10 -> retain90).")
     shared = sorted(forget_pairs & retain_pairs)
-    if shared:
+    key = hash((frozenset(forget_pairs), frozenset(retain_pairs)))
+    if shared and key not in _WARNED_OVERLAPS:  # once per pair of data sets: the pipeline checks before the trainer
+        _WARNED_OVERLAPS.add(key)
         warnings.warn(
             f"{len(shared)} of the {len(retain_pairs)} distinct retain rows are also forget rows (first: "
             f"{shared[0][0][:60]!r}); the method is asked to forget and keep them at once.",
