@@ -125,14 +125,14 @@ def test_a_cached_build_gives_the_trained_models_back_without_training(embedded,
         build(config, other)
 
 
-def antidote_rows(data_dir, model, tokenizer, config, dense_ratio, **benign_task):
+def antidote_rows(data_dir, model, tokenizer, config, dense_ratio, sequential=True, **benign_task):
     """The benchmark on `model` with the embedded benign task and the shared AdvBench, and its table at one ratio.
     The trained models are cached (`cache=True`, tested above): only the first run on a machine trains them."""
     train, evaluation = embedded_benign_task(data_dir, **benign_task)
     benchmark = build_harmful_finetuning_benchmark(model, tokenizer, train, evaluation,
                                                    embedded_replay_rows(data_dir), config,
                                                    shared_data("advbench", "harmful_behaviors.csv"), cache=True)
-    rows = antidote_table(benchmark, dense_ratios=[dense_ratio])
+    rows = antidote_table(benchmark, dense_ratios=[dense_ratio], sequential=sequential)
     print("\n" + format_table(rows))
     return rows
 
@@ -159,9 +159,11 @@ def test_antidote_on_smollm2_restores_refusals_and_keeps_the_benign_task(embedde
     ratio 0.1, on a smaller benchmark than the recipe's, sized for CI: alignment on 60 AdvBench refusals + 60 replayed
     rows for 3 epochs (recipe: 150 + 150 for 4), harmful fine-tuning on 80 benign rows mixed with 15% harmful ones
     (recipe: 160 with 10%), harmful score on 30 held-out prompts with 16-token answers, benign accuracy on 32 rows.
-    Measured with these settings (this code at 2 threads, a busy machine): aligned harmful 0.00, fine-tuned 1.00
-    (benign 1.00), Antidote 0.07 with benign 1.00, magnitude and random pruning of as many weights (393120 of
-    4884480) 1.00; align 607 s, fine-tuning 386 s, table 278 s. The recipe's full settings
+    Antidote's masks come from the unpruned model in one calibration pass (`sequential=False`, the authors' release;
+    the layer-by-layer order is unit-tested in test_antidote.py): side by side on the same cached models at 2 threads,
+    one pass took 98 s for the table and gave Antidote harmful 0.13 (benign 1.00), the layer-by-layer order 324 s and
+    0.07 (1.00); aligned 0.00, fine-tuned 1.00 (benign 1.00), magnitude and random pruning of as many weights
+    (393120 of 4884480) 1.00 in both. Training from scratch: align 562 s, fine-tuning 559 s (cold CI run). The recipe's full settings
     (`recipes/antidote_prune.py`, ratios 0.05-0.3): Antidote harmful 1.00 -> 0.01 with benign accuracy 1.00.
     It is the longest test on a fresh machine: it takes every core (under pytest-xdist the other worker's tests share
     them), and it needs only the embedded data, so it does not wait for the embedded models to be built. The aligned
@@ -175,7 +177,8 @@ def test_antidote_on_smollm2_restores_refusals_and_keeps_the_benign_task(embedde
         config = HarmfulFinetuningConfig(alignment_lora_r=16, finetune_learning_rate=1e-3, finetune_epochs=5,
                                          harmful_max_new_tokens=16, num_test=30, num_align=60, num_replay=60,
                                          alignment_epochs=3, harmful_fraction=0.15)
-        rows = antidote_rows(embedded_data_dir, model, tokenizer, config, dense_ratio=0.1, num_train=80, num_eval=32)
+        rows = antidote_rows(embedded_data_dir, model, tokenizer, config, dense_ratio=0.1, sequential=False,
+                             num_train=80, num_eval=32)
     finally:
         torch.set_num_threads(threads)
     result = {r["model"]: r for r in rows}
