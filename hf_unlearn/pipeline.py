@@ -279,7 +279,8 @@ def _push(config) -> str | None:
 # FLAT trains until forgotten (`stop_at_forget_prob`): any fixed budget sat on a cliff whose place differs between
 # builds (lr 1e-4 x 10 epochs: forget ROUGE-L 0.70 on build seed 0, utility 0.33 on build seed 1; lr 8e-5: 0.81 /
 # 0.47). Stopping at forget probability 0.35 gave ROUGE-L 0.37-0.59 at utility 0.78-0.89 x finetuned (retain ROUGE-L
-# 0.55-0.88) on both builds x 3 seeds with the issue-19 metric definitions (0.40-0.56 at 0.81-0.95 x before them) (`python benchmarks/sweep.py --method flat --grid learning_rate=1e-4 num_train_epochs=20
+# 0.55-0.88) on both builds x 3 seeds with the issue-19 metric definitions (0.40-0.56 at 0.81-0.95 x before them)
+# (`python benchmarks/sweep.py --method flat --grid learning_rate=1e-4 num_train_epochs=20
 # stop_at_forget_prob=0.35,0.4 --build_seeds 0 1 --seeds 0 1 2`).
 EMBEDDED_DEFAULTS: dict[str, dict] = {
     "flat": {"learning_rate": 1e-4, "num_train_epochs": 20, "per_device_train_batch_size": 4,

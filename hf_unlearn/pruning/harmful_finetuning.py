@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import os
 import random
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -381,9 +383,6 @@ def build_harmful_finetuning_benchmark(
         aligned = align_model(model, tokenizer, data, replay_rows, config)
         return HarmfulFinetuningBenchmark(aligned, harmful_finetune(aligned, tokenizer, data, config), tokenizer,
                                           data, config)
-    import json
-    import time
-
     from ..cache import build_once, cache_root, staging_folder
 
     folder = cache_root() / "harmful_finetuning" / build_key(model, tokenizer, data, replay_rows, config)
@@ -395,8 +394,9 @@ def build_harmful_finetuning_benchmark(
             built["aligned"] = align_model(model, tokenizer, data, replay_rows, config, save_dir=tmp)
             aligned_s = time.perf_counter() - start
             built["finetuned"] = harmful_finetune(built["aligned"], tokenizer, data, config, save_dir=tmp)
+            finetune_s = time.perf_counter() - start - aligned_s
             report = {"config": config.to_dict(), "key": folder.name,
-                      "timings": {"align_s": round(aligned_s, 1), "finetune_s": round(time.perf_counter() - start - aligned_s, 1)}}
+                      "timings": {"align_s": round(aligned_s, 1), "finetune_s": round(finetune_s, 1)}}
             (tmp / "build_report.json").write_text(json.dumps(report, indent=2))
 
     build_once(folder, "build_report.json", build,
