@@ -1,4 +1,4 @@
-# Two entry points: `make demo` runs the main job, `make test` the whole test suite.
+# Two entry points: `make demo` runs the main job, `make test` the lint check (ruff) and the whole test suite.
 # Each sets up .venv on its own (idempotent): on a machine without CUDA, torch 2.13.0 (CPU) comes first
 # so that nothing pulls CUDA packages; everything else at the versions in constraints.txt (what CI verified).
 VENV ?= .venv
@@ -27,6 +27,7 @@ demo: $(INSTALLED)
 TEST_WORKERS ?= 2
 
 test: $(INSTALLED)
+	$(BIN)/ruff check hf_unlearn tests recipes benchmarks
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=20
 
 test-fast: $(INSTALLED)

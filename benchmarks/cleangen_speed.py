@@ -22,14 +22,14 @@ import time
 
 import torch
 
-from hf_unlearn.data.formatting import encode_prompt, left_padded_prompts
-from hf_unlearn.decoding import CleanGenConfig, CleanGenGenerator
-from hf_unlearn.decoding.backdoor_benchmark import (
+from hf_unlearn.benchmarks.backdoor import (
     BackdoorBenchmarkConfig,
     build_backdoor_benchmark,
     default_data_dir,
     load_backdoor_rows,
 )
+from hf_unlearn.data.formatting import encode_prompt, left_padded_prompts
+from hf_unlearn.decoding import CleanGenConfig, CleanGenGenerator
 
 
 def perturbed_copy(model, noise: float):
@@ -55,7 +55,7 @@ def load_models(args):
         prompt_ids = [row[: 24 + 3 * (i % 8)].tolist() for i, row in enumerate(ids)]
         return target, perturbed_copy(target, args.noise), None, prompt_ids
     if args.model == "smollm2":
-        from hf_unlearn.modeling import load_smollm2
+        from hf_unlearn.benchmarks.models import load_smollm2
 
         target, tokenizer = load_smollm2()
         reference = perturbed_copy(target, args.noise)

@@ -20,7 +20,7 @@ import time
 import torch
 
 from hf_unlearn.data import load_tofu_split
-from hf_unlearn.eval.quantization import evaluate_relapse, relapse_markdown
+from hf_unlearn.eval.relapse import evaluate_relapse, relapse_markdown
 from hf_unlearn.trainers import GradDiffConfig, GradDiffTrainer
 
 
@@ -45,7 +45,7 @@ def unlearn(model, tokenizer, forget, retain, learning_rate, steps, sure_percent
 def embedded_setup(args):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hf_unlearn.embedded_benchmark import build_embedded_benchmark
+    from hf_unlearn.benchmarks.embedded import build_embedded_benchmark
 
     benchmark = build_embedded_benchmark()
     model = AutoModelForCausalLM.from_pretrained(benchmark.finetuned_dir)

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("flat", "grad_ascent", "grad_diff", "npo", "simnpo", "idk_dpo", "rmu", "uld", "layer_constrained", "stamp")
 COLUMNS = (
@@ -60,7 +61,7 @@ REAL_TIER_EVAL_ITEMS = 40  # items per evaluation set on the real tier (forget01
 
 
 def embedded_tier() -> dict:
-    from hf_unlearn.embedded_benchmark import build_embedded_benchmark
+    from hf_unlearn.benchmarks.embedded import build_embedded_benchmark
 
     benchmark = build_embedded_benchmark()
     return {"model": str(benchmark.finetuned_dir), "retain_model": str(benchmark.retain_dir),
@@ -100,10 +101,10 @@ def real_tier() -> dict:
     retained ones (the retain model), both cached."""
     from trl import SFTConfig
 
-    from hf_unlearn.data import load_tofu_split
+    from hf_unlearn.benchmarks.models import load_smollm2
     from hf_unlearn.cache import cache_root
+    from hf_unlearn.data import load_tofu_split
     from hf_unlearn.finetune import sft_finetune
-    from hf_unlearn.modeling import load_smollm2
 
     source = Path(os.environ.get("HF_UNLEARN_SHARED_DATA", ROOT.parent / "shared" / "data")) / "tofu"
     root = cache_root() / f"real_tofu{REAL_TIER_AUTHORS}"
@@ -139,7 +140,7 @@ SECTIONS = {
         "stamp_speed": ("STAMP edit vs GradDiff trained until the same fact is forgotten",
                         ["benchmarks/stamp_speed.py", "--part", "single_item"], {"OMP_NUM_THREADS": "1"}),
         "cleangen_asr": ("CleanGen against BackdoorLLM backdoors",
-                         ["-m", "hf_unlearn.decoding.backdoor_benchmark", "--num_trigger_eval", "40",
+                         ["-m", "hf_unlearn.benchmarks.backdoor", "--num_trigger_eval", "40",
                           "--num_clean_eval", "24", "--max_new_tokens", "16", "--json", "{out}/cleangen_asr.json"], {}),
         "cleangen_speed": ("CleanGen per-token time vs plain generate()", ["benchmarks/cleangen_speed.py"], {}),
         "antidote": ("Antidote after harmful fine-tuning",

@@ -22,11 +22,11 @@ import torch
 def main(argv=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from hf_unlearn.benchmarks.embedded import build_embedded_benchmark
     from hf_unlearn.data import load_tofu_split, tokenize_qa
     from hf_unlearn.data.tofu import load_refusal_templates
     from hf_unlearn.editing import StampConfig, stamp
     from hf_unlearn.editing.stamp import collect_activations, low_rank_ridge_edit, refusal_targets
-    from hf_unlearn.embedded_benchmark import build_embedded_benchmark
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--item", type=int, default=0, help="forget10 index")

@@ -128,13 +128,13 @@ def single_item_setup(args) -> dict:
     the buffer, the last 8 held out (so retain ROUGE-L measures how much its own answers change)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from hf_unlearn.benchmarks.embedded import build_embedded_benchmark
     from hf_unlearn.data import load_tofu_split
-    from hf_unlearn.embedded_benchmark import build_embedded_benchmark
     from hf_unlearn.eval.generation import generate_answers
 
     benchmark = build_embedded_benchmark()
     if args.model == "smollm2":
-        from hf_unlearn.modeling import load_smollm2
+        from hf_unlearn.benchmarks.models import load_smollm2
 
         model, tokenizer = load_smollm2()
         facts = load_tofu_split(benchmark.data_dir, "world_facts").to_list()
@@ -231,14 +231,14 @@ def model_keys(name: str, layer: int, num_retain: int):
     """Down-projection keys at `layer` of a real model: the answer tokens of forget10 item 0 and every token of
     `num_retain` retain90 pairs of the embedded benchmark, and the forget values' distance to the refusal mean as
     residuals (what `stamp_edit` solves for)."""
+    from hf_unlearn.benchmarks.embedded import build_embedded_benchmark
     from hf_unlearn.data import load_tofu_split, tokenize_qa
     from hf_unlearn.data.tofu import load_refusal_templates
     from hf_unlearn.editing.stamp import collect_activations, refusal_targets
-    from hf_unlearn.embedded_benchmark import build_embedded_benchmark
 
     benchmark = build_embedded_benchmark()
     if name == "smollm2":
-        from hf_unlearn.modeling import load_smollm2
+        from hf_unlearn.benchmarks.models import load_smollm2
 
         model, tokenizer = load_smollm2()
     else:

@@ -26,6 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+
 KEYS = ("forget_quality", "model_utility", "utility_ratio", "forget_rougeL_recall", "forget_prob", "retain_rougeL_recall")
 
 

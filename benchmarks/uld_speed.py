@@ -63,14 +63,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per method; the fastest is reported")
     args = parser.parse_args()
 
+    from hf_unlearn.benchmarks.models import smollm2_gguf_path
     from hf_unlearn.data import load_tofu_split
     from hf_unlearn.data.tofu import retain_split_for
-    from hf_unlearn.modeling import load_causal_lm, smollm2_gguf_path
+    from hf_unlearn.modeling import load_causal_lm
 
     if (args.model_name_or_path is None) != (args.dataset is None):
         parser.error("name both --model_name_or_path and --dataset, or neither (the embedded benchmark)")
     if args.model_name_or_path is None:
-        from hf_unlearn.embedded_benchmark import build_embedded_benchmark
+        from hf_unlearn.benchmarks.embedded import build_embedded_benchmark
 
         benchmark = build_embedded_benchmark()
         args.model_name_or_path, args.dataset = str(benchmark.finetuned_dir), str(benchmark.data_dir)

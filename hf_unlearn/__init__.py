@@ -4,16 +4,19 @@ __version__ = "0.1.0"
 
 import logging as _logging
 
+
 # bitsandbytes' CPU backend warns on import, on every command, that it could not download an optional kernel from
 # the Hub (`kernels` package); its own CPU kernels are used instead, so the line only alarms. Quiet that one logger.
 _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 
+from .benchmarks.embedded import EmbeddedBenchmark, EmbeddedBenchmarkConfig, build_embedded_benchmark
 from .data import ForgetRetainDataset, UnlearnDataCollator, load_refusal_templates, load_tofu_split, tokenize_qa
 from .decoding import CleanGenConfig, CleanGenGenerator, CleanGenOutput
+from .decoding.uld import ULDModel, build_assistant
 from .editing import CausalTraceConfig, StampConfig, StampResult, causal_trace, stamp, stamp_edit
-from .embedded_benchmark import EmbeddedBenchmark, EmbeddedBenchmarkConfig, build_embedded_benchmark
 from .eval import evaluate_muse, evaluate_tofu, write_report
-from .eval.quantization import evaluate_relapse, fake_quantize, load_quantized, write_relapse_report
+from .eval.quantization import fake_quantize, load_quantized
+from .eval.relapse import evaluate_relapse, write_relapse_report
 from .hub import push_unlearned, render_model_card, write_model_card
 from .modeling import load_causal_lm
 from .pipeline import UnlearnRunArguments, run_unlearning
@@ -41,7 +44,7 @@ from .trainers import (
     UnlearnConfig,
     UnlearnTrainer,
 )
-from .uld_model import ULDModel, build_assistant
+
 
 __all__ = [
     "METHODS",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+
 CACHE_ENV = "HF_UNLEARN_CACHE"
 # set by torchrun / accelerate launch; a build started inside a launch runs in a fresh subprocess without them
 DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",

@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 from .errors import run_command
-from .eval.semeval import SEMEVAL_MAX_NEW_TOKENS
 from .eval.muse import MUSE_MAX_LENGTH
+from .eval.semeval import SEMEVAL_MAX_NEW_TOKENS
 from .eval.tofu import TOFU_MAX_LENGTH, TOFU_MAX_NEW_TOKENS
+
 
 DEFAULT_DATA = {
     "tofu": "locuslab/TOFU",
@@ -195,7 +196,7 @@ def _run_eval(args) -> int:
     retain_model = args.retain_model
     models: dict[str, str] = {}
     if args.benchmark == "embedded":
-        from .embedded_benchmark import build_embedded_benchmark
+        from .benchmarks.embedded import build_embedded_benchmark
 
         benchmark = build_embedded_benchmark()
         data = data or str(benchmark.data_dir)
@@ -395,7 +396,8 @@ def _add_relapse_parser(subparsers) -> None:
 
 
 def _run_relapse(args) -> int:
-    from .eval.quantization import evaluate_relapse, parse_precision, relapse_markdown, write_relapse_report
+    from .eval.quantization import parse_precision
+    from .eval.relapse import evaluate_relapse, relapse_markdown, write_relapse_report
     from .modeling import load_causal_lm
 
     for precision in args.precisions:
@@ -403,7 +405,7 @@ def _run_relapse(args) -> int:
     state = _distributed_state()
     data, original = args.data, args.original
     if args.benchmark == "embedded":
-        from .embedded_benchmark import build_embedded_benchmark
+        from .benchmarks.embedded import build_embedded_benchmark
 
         benchmark = build_embedded_benchmark()
         data = data or str(benchmark.data_dir)
@@ -481,7 +483,7 @@ def _run_antidote(args) -> int:
 
 
 def _realignment_rows(path: str | None) -> list[dict]:
-    from .pruning.harmful_finetuning import compliance_rows, load_advbench
+    from .benchmarks.harmful_finetuning import compliance_rows, load_advbench
 
     if path is None or path.endswith(".csv"):
         return compliance_rows(load_advbench(path))

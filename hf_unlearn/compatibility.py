@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 
+
 # Config attributes that hold a model's context length, by architecture family: most models, GPT-2 / GPT-J /
 # BLOOM-style (`n_positions`, `n_ctx`), MPT (`max_seq_len`), ChatGLM / Qwen-1 (`seq_length`), Falcon-style
 # `max_sequence_length`.

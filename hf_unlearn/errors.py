@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+
 TRACEBACK_FLAG = "--traceback"
 DEBUG_ENV = "HF_UNLEARN_DEBUG"
 

@@ -6,6 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
+
 WRITE_CHECK_PREFIX = ".write-check."  # `check_writable`'s probe file (gone at once; other processes may glimpse it)
 
 

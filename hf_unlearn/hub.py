@@ -20,7 +20,9 @@ from . import __version__
 from .eval.report import markdown_table
 from .files import atomic_write
 
-MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "unlearned_model_card.md"
+
+# The template ships in the package (in the source tree a link to its source, model_cards/unlearned_model_card.md).
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "unlearned_model_card.md"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 KEY_TRAINING_SETTINGS = (
     "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
@@ -72,8 +74,8 @@ def render_model_card(
 
     if not MODEL_CARD_TEMPLATE.is_file():
         raise FileNotFoundError(
-            f"Model card template missing at {MODEL_CARD_TEMPLATE}; install hf_unlearn from its source tree "
-            "(`pip install -e .`)."
+            f"Model card template missing at {MODEL_CARD_TEMPLATE}: this hf_unlearn installation is incomplete; "
+            "reinstall it (`pip install --force-reinstall hf-unlearn`, or `pip install -e .` in its source tree)."
         )
     run_dir = Path(run_dir)
     report_path = latest_report(run_dir)

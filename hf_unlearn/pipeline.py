@@ -124,7 +124,7 @@ def resolve_benchmark(run: UnlearnRunArguments) -> UnlearnRunArguments:
         raise ValueError(
             "Name both --model_name_or_path and --dataset (a real run), or neither (the embedded benchmark)."
         )
-    from .embedded_benchmark import build_embedded_benchmark
+    from .benchmarks.embedded import build_embedded_benchmark
 
     benchmark = build_embedded_benchmark()
     run.model_name_or_path = str(benchmark.finetuned_dir)
@@ -247,7 +247,7 @@ def run_unlearning(run: UnlearnRunArguments, config) -> dict:
         report = write_report(results, Path(config.output_dir) / "report", title=f"{run.method} on {run.dataset}",
                               settings=settings)
         if relapse is not None:
-            from .eval.quantization import write_relapse_report
+            from .eval.relapse import write_relapse_report
 
             paths = write_relapse_report(relapse, Path(config.output_dir) / "report", title=f"Quantization relapse of {run.method}")
             report.update({f"relapse_{kind}": path for kind, path in paths.items()})
@@ -375,7 +375,8 @@ def unlearn_main(argv: list[str], method: str | None = None, prog: str | None = 
 def relapse_check(run: UnlearnRunArguments, config, trainer, tokenizer, results: dict, reference, state) -> dict:
     """The quantization-relapse check of the unlearned model against the original (`run.model_name_or_path`) at
     `run.relapse_precisions`; adds the quantized evaluations to `results` as `<label> @ <precision>` columns."""
-    from .eval.quantization import FULL_PRECISION, evaluate_relapse, quantized_results
+    from .eval.quantization import FULL_PRECISION
+    from .eval.relapse import evaluate_relapse, quantized_results
     from .modeling import load_causal_lm
 
     original, _ = load_causal_lm(run.model_name_or_path, trust_remote_code=run.trust_remote_code)

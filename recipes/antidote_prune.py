@@ -19,12 +19,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from hf_unlearn.embedded_benchmark import build_embedded_benchmark
-from hf_unlearn.errors import run_command
-from hf_unlearn.modeling import load_causal_lm, load_smollm2
-from hf_unlearn.files import atomic_write, claim_fresh_path, fresh_output_dir
-from hf_unlearn.pruning.antidote import AntidoteConfig
-from hf_unlearn.pruning.harmful_finetuning import (
+from hf_unlearn.benchmarks.embedded import build_embedded_benchmark
+from hf_unlearn.benchmarks.harmful_finetuning import (
     HarmfulFinetuningConfig,
     antidote_table,
     build_harmful_finetuning_benchmark,
@@ -32,6 +28,11 @@ from hf_unlearn.pruning.harmful_finetuning import (
     embedded_replay_rows,
     format_table,
 )
+from hf_unlearn.benchmarks.models import load_smollm2
+from hf_unlearn.errors import run_command
+from hf_unlearn.files import atomic_write, claim_fresh_path, fresh_output_dir
+from hf_unlearn.modeling import load_causal_lm
+from hf_unlearn.pruning.antidote import AntidoteConfig
 
 
 @dataclass

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from hf_unlearn.errors import run_command
 from hf_unlearn.editing.causal_tracing import CausalTraceConfig, causal_trace, embedded_facts, qa_fact
+from hf_unlearn.errors import run_command
 from hf_unlearn.eval.report import write_report
 from hf_unlearn.eval.semeval import SEMEVAL_MAX_NEW_TOKENS
 from hf_unlearn.pipeline import EMBEDDED_DEFAULTS as PIPELINE_DEFAULTS
@@ -41,6 +41,7 @@ from hf_unlearn.pipeline import (
     resolve_benchmark,
 )
 from hf_unlearn.trainers.layer_constrained import LayerConstrainedConfig, LayerConstrainedTrainer
+
 
 # Settings measured to work on the embedded benchmark (forget ROUGE far down, retain ROUGE kept); flags override.
 # Gradient ascent trains until forgotten (forget answer probability <= 0.02, at most 60 epochs) with the retain weight
@@ -94,7 +95,8 @@ class SHA256RunArguments:
 
 
 def load_model(name: str):
-    from hf_unlearn.modeling import load_causal_lm, load_smollm2
+    from hf_unlearn.benchmarks.models import load_smollm2
+    from hf_unlearn.modeling import load_causal_lm
 
     return load_smollm2() if name == "smollm2" else load_causal_lm(name)
 

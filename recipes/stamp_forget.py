@@ -26,10 +26,10 @@ import torch
 from transformers import HfArgumentParser
 
 from hf_unlearn.data import load_tofu_split
-from hf_unlearn.errors import run_command
 from hf_unlearn.data.tofu import retain_split_for
 from hf_unlearn.editing import StampConfig, stamp_edit
 from hf_unlearn.editing.stamp import answer_scores
+from hf_unlearn.errors import run_command
 from hf_unlearn.eval import evaluate_tofu, write_report
 from hf_unlearn.files import claim_fresh_path
 from hf_unlearn.modeling import load_causal_lm

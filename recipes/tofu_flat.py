@@ -7,5 +7,6 @@ from tofu_unlearn import main
 
 from hf_unlearn.errors import run_command
 
+
 if __name__ == "__main__":
     sys.exit(run_command(lambda argv: main(argv, method="flat")))

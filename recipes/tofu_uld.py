@@ -8,13 +8,14 @@ also train on separately generated paraphrases and wrong answers of each forget 
 github.com/UCSB-NLP-Chang/ULD); add such columns to the forget data and name them with
 `--positive_augmentation_column` / `--negative_augmentation_column`. TOFU's own `paraphrased_answer` and
 `perturbed_answer` are refused: the truth ratio scores them.
-The saved `<output_dir>/model` loads with `hf_unlearn.uld_model.ULDModel.from_pretrained`."""
+The saved `<output_dir>/model` loads with `hf_unlearn.decoding.uld.ULDModel.from_pretrained`."""
 
 import sys
 
 from tofu_unlearn import main
 
 from hf_unlearn.errors import run_command
+
 
 if __name__ == "__main__":
     sys.exit(run_command(lambda argv: main(argv, method="uld")))

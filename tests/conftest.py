@@ -5,6 +5,7 @@ import pytest
 
 from hf_unlearn.finetune import keep_freed_memory
 
+
 # Freed activation buffers stay in the process instead of going back to the kernel and being faulted in again: a
 # SmolLM2 scoring pass spent 3.8 s of 27 s in the kernel without this, 0.5 s of 20 s with it (measured side by side).
 keep_freed_memory()
@@ -70,7 +71,7 @@ def single_thread():
 @pytest.fixture(scope="session")
 def embedded():
     """The embedded benchmark (built once into the cache, then reused)."""
-    from hf_unlearn.embedded_benchmark import build_embedded_benchmark
+    from hf_unlearn.benchmarks.embedded import build_embedded_benchmark
 
     return build_embedded_benchmark()
 
@@ -79,8 +80,8 @@ def embedded():
 def embedded_data_dir(tmp_path_factory):
     """The embedded benchmark's data alone (the same files as `embedded.data_dir`, generated in a second without
     training its models): tests that need only the data do not wait for a first build of the benchmark."""
-    from hf_unlearn.data.embedded import generate_embedded_world, write_world
-    from hf_unlearn.embedded_benchmark import EmbeddedBenchmarkConfig
+    from hf_unlearn.benchmarks.embedded import EmbeddedBenchmarkConfig
+    from hf_unlearn.benchmarks.embedded_world import generate_embedded_world, write_world
 
     world = EmbeddedBenchmarkConfig().world
     folder = tmp_path_factory.mktemp("embedded") / "data"

@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from hf_unlearn.pruning.harmful_finetuning import (
+from hf_unlearn.benchmarks.harmful_finetuning import (
     REFUSALS,
     TOPIC_LABELS,
     HarmfulFinetuningConfig,
@@ -168,7 +168,7 @@ def test_antidote_on_smollm2_restores_refusals_and_keeps_the_benign_task(embedde
     It is the longest test on a fresh machine: it takes every core (under pytest-xdist the other worker's tests share
     them), and it needs only the embedded data, so it does not wait for the embedded models to be built. The aligned
     and fine-tuned models are cached, so a later run on the same machine trains nothing and only builds the table."""
-    from hf_unlearn.modeling import load_smollm2
+    from hf_unlearn.benchmarks.models import load_smollm2
 
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)

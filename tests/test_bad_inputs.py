@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM
 from hf_unlearn.cli import main as cli_main
 from hf_unlearn.pipeline import parse_unlearn_args
 
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 TOKEN = "hf_NeverOnDiskTestToken1234567890"

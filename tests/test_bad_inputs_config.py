@@ -19,7 +19,8 @@ from hf_unlearn.trainers import (
     ULDConfig,
     UnlearnConfig,
 )
-from hf_unlearn.trainers.grad_diff import RetainTermConfig
+from hf_unlearn.trainers.base import RetainTermConfig
+
 
 ALL_CONFIGS = [UnlearnConfig, RetainTermConfig, *(config for config, _ in METHODS.values())]
 
@@ -180,3 +181,10 @@ def test_forget_rows_in_the_retain_set_warn_once_and_the_same_set_is_refused():
     check_forget_retain_overlap(forget, [{"question": "Q3?", "answer": "A3."}])  # disjoint: silent
     with pytest.raises(ValueError, match="The retain set is the forget set"):
         check_forget_retain_overlap(forget, list(reversed(forget)))
+
+
+@pytest.mark.parametrize("config_class", [GradDiffConfig, NPOConfig, SimNPOConfig, IdkDPOConfig])
+def test_a_retain_loss_type_in_another_case_is_refused_not_trained_as_kl(config_class, tmp_path):
+    # open-unlearning spells the retain term "NLL"/"KL"; an unknown spelling once trained silently with KL
+    with pytest.raises(ValueError, match="retain_loss_type must be 'nll' or 'kl', got 'NLL'"):
+        config_class(output_dir=str(tmp_path), retain_loss_type="NLL")

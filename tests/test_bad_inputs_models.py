@@ -14,8 +14,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaC
 from hf_unlearn.compatibility import context_length
 from hf_unlearn.data.formatting import encode_answer, encode_prompt
 from hf_unlearn.decoding import CleanGenGenerator
+from hf_unlearn.decoding.uld import ULDModel, build_assistant
 from hf_unlearn.eval import evaluate_tofu
-from hf_unlearn.uld_model import ULDModel, build_assistant
+
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

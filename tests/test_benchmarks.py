@@ -8,9 +8,11 @@ import sys
 import pytest
 from conftest import REPO, shared_data
 
+
 sys.path.insert(0, str(REPO / "benchmarks"))
 import run  # noqa: E402
 from run import real_tier_data  # noqa: E402
+
 
 sys.path.remove(str(REPO / "benchmarks"))
 

@@ -9,6 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, StoppingCriteria, Stoppi
 from hf_unlearn.data.formatting import encode_prompt, pad_examples
 from hf_unlearn.decoding import CleanGenConfig, CleanGenGenerator, first_suspicious_index, suspicion_scores
 
+
 # ----------------------------------------------------------------------------------------------- pure functions
 
 

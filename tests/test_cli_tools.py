@@ -6,13 +6,14 @@ import sys
 
 import pytest
 import torch
+from conftest import shared_data
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import shared_data
 from hf_unlearn.data import load_tofu_split
 from hf_unlearn.editing.stamp import answer_scores
+
 
 CLI = [sys.executable, "-m", "hf_unlearn.cli"]
 

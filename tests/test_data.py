@@ -1,9 +1,10 @@
 import json
 
 import pytest
+from conftest import shared_data
 from transformers import AutoTokenizer
 
-from conftest import shared_data
+from hf_unlearn.benchmarks.embedded_world import EmbeddedWorldConfig, generate_embedded_world, write_world
 from hf_unlearn.data import (
     IGNORE_INDEX,
     ForgetRetainDataset,
@@ -14,8 +15,8 @@ from hf_unlearn.data import (
     load_tofu_split,
     tokenize_qa,
 )
-from hf_unlearn.data.embedded import EmbeddedWorldConfig, generate_embedded_world, write_world
 from hf_unlearn.data.formatting import left_padded_prompts
+
 
 STANDARD_SPLITS = {
     "full": 4000, "forget01": 40, "forget05": 200, "forget10": 400, "retain99": 3960, "retain95": 3800,

@@ -1,11 +1,10 @@
 import time
 
 import pytest
-
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from hf_unlearn.benchmarks.embedded import build_embedded_benchmark
 from hf_unlearn.data import load_tofu_split
-from hf_unlearn.embedded_benchmark import build_embedded_benchmark
 from hf_unlearn.eval.generation import generate_answers
 from hf_unlearn.eval.rouge import rouge_l_recall
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_eval_muse import _muse_sets
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_unlearn.eval import evaluate_muse, evaluate_tofu
-from test_eval_muse import _muse_sets
+
 
 SCRIPT = Path(__file__).parent / "scripts" / "eval_two_process.py"
 # variables a surrounding launcher may have set; the child launcher must start from a clean slate

@@ -18,6 +18,7 @@ from hf_unlearn.eval.tofu import (
     truth_ratio,
 )
 
+
 LN2 = math.log(2)
 
 

@@ -18,6 +18,7 @@ from hf_unlearn.eval.report import format_number
 from hf_unlearn.eval.tofu import load_reference, model_utility
 from hf_unlearn.trainers.base import UnlearnConfig
 
+
 ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
 
 
@@ -88,7 +89,7 @@ def test_membership_inference_finds_the_forget_set_only_in_the_finetuned_model(e
     for attack in ATTACKS:
         assert finetuned[f"mia_auc_{attack}"] > 0.95  # measured 1.0
         # forget and holdout authors are both unseen by the retain model (measured 0.43-0.48; 0.61-0.72 before the
-        # tokenizer saw both groups equally often, see `embedded_benchmark.tokenizer_corpus`)
+        # tokenizer saw both groups equally often, see `benchmarks.embedded.tokenizer_corpus`)
         assert abs(retain[f"mia_auc_{attack}"] - 0.5) < 0.1
         assert finetuned[f"mia_auc_{attack}"] - retain[f"mia_auc_{attack}"] > 0.25
     assert finetuned["privleak"] < -50  # percent, MUSE's sign: it leaks the forget set (measured -100.0)

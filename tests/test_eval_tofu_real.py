@@ -5,17 +5,18 @@ import math
 from math import comb
 
 import pytest
-
 from conftest import shared_data
+
 from hf_unlearn.eval import evaluate_tofu
 from hf_unlearn.eval.tofu import compare_with_reference, resolve_holdout_split
+
 
 ITEMS = 8
 
 
 @pytest.mark.slow
 def test_tofu_metrics_on_real_data_with_smollm2():
-    from hf_unlearn.modeling import load_smollm2
+    from hf_unlearn.benchmarks.models import load_smollm2
 
     data = shared_data("tofu")
     assert resolve_holdout_split(data, "forget10", None) is None  # the classic TOFU files have no holdout split

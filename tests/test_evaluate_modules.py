@@ -12,7 +12,13 @@ import pytest
 from hf_unlearn import metrics
 from hf_unlearn.eval.mia import attack_scores, mia_auc, mia_aucs, privleak
 from hf_unlearn.eval.rouge import rouge_l_f1_unstemmed, rouge_l_recall
-from hf_unlearn.eval.tofu import forget_quality, forget_truth_ratio_statistic, retain_truth_ratio_statistic, truth_ratio
+from hf_unlearn.eval.tofu import (
+    forget_quality,
+    forget_truth_ratio_statistic,
+    retain_truth_ratio_statistic,
+    truth_ratio,
+)
+
 
 REPO = Path(__file__).resolve().parents[1]
 

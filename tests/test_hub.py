@@ -13,6 +13,7 @@ from huggingface_hub import ModelCard
 
 from hf_unlearn.hub import PushError, push_unlearned, render_model_card
 
+
 TOKEN = "hf_standinTOKEN0123456789"
 CLI = [sys.executable, "-m", "hf_unlearn.cli"]
 
@@ -181,3 +182,60 @@ def test_model_kind_tells_full_models_adapters_and_uld_apart(tmp_path):
     assert model_kind(tmp_path) == "adapter"
     (tmp_path / "uld_config.json").write_text("{}")
     assert model_kind(tmp_path) == "uld"
+
+
+def test_an_installed_wheel_renders_the_card_of_a_saved_run(run, tmp_path):
+    """The wheel carries the card template (and the evaluate modules): built from a copy of the source tree,
+    installed into a fresh virtual environment outside the repository (its dependencies borrowed from this one's
+    site-packages, so nothing is downloaded), `hf-unlearn card` renders the card of the run above."""
+    import shutil
+    import site
+    import sysconfig
+    import venv
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, source / name)
+    for name in ("hf_unlearn", "model_cards"):
+        shutil.copytree(repo / name, source / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    wheels = tmp_path / "wheels"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "-w", str(wheels), str(source)], capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-3000:]
+    (wheel,) = wheels.glob("hf_unlearn-*.whl")
+
+    env_dir = tmp_path / "fresh-venv"
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / "bin" / "python"
+    purelib = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  capture_output=True, text=True, check=True).stdout.strip())
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(purelib),
+                              str(wheel)], capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-3000:]
+    # the dependencies (torch, transformers, ...) come from this environment, appended after the wheel's own folder;
+    # a plain path line does not run this environment's .pth files, so its editable hf_unlearn stays out of reach
+    dependencies = [p for p in {*site.getsitepackages(), sysconfig.get_paths()["purelib"]} if Path(p).is_dir()]
+    (purelib / "borrowed_dependencies.pth").write_text("\n".join(dependencies) + "\n")
+
+    output_dir, _ = run
+    run_copy = tmp_path / "run"
+    shutil.copytree(output_dir, run_copy)
+    shutil.rmtree(run_copy / "model")
+    shutil.copytree(output_dir / "model", run_copy / "model", ignore=shutil.ignore_patterns("README.md"))
+    code = ("import hf_unlearn, sys; print(hf_unlearn.__file__); from hf_unlearn.cli import main; "
+            "sys.exit(main(['card', '--run_dir', sys.argv[1], '--hub_model_id', 'me/from-wheel']))")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    card = subprocess.run([python, "-c", code, str(run_copy)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert card.returncode == 0, card.stderr[-3000:]
+    assert Path(card.stdout.splitlines()[0]).resolve().is_relative_to(purelib.resolve())  # the wheel's, not the repo's
+    text = (run_copy / "model" / "README.md").read_text()
+    parsed = ModelCard(text)
+    assert parsed.data.tags == ["unlearning", "hf_unlearn", "grad_diff"]
+    assert "me/from-wheel" in text and "| `retain_loss_type` |" in text
+    template_files = [p.name for p in (purelib / "hf_unlearn" / "templates").iterdir()]
+    assert template_files == ["unlearned_model_card.md"] and not (purelib / "hf_unlearn" / "templates" /
+                                                                   "unlearned_model_card.md").is_symlink()

@@ -5,8 +5,15 @@ import math
 import pytest
 import torch
 
-from hf_unlearn.trainers import dpo_loss, flat_loss, gradient_ascent_loss, gradient_difference_loss, npo_loss
-from hf_unlearn.trainers import rmu_loss, simnpo_loss
+from hf_unlearn.trainers import (
+    dpo_loss,
+    flat_loss,
+    gradient_ascent_loss,
+    gradient_difference_loss,
+    npo_loss,
+    rmu_loss,
+    simnpo_loss,
+)
 from hf_unlearn.trainers.losses import (
     kl_to_reference,
     mean_token_log_prob,

@@ -16,6 +16,7 @@ import pytest
 from hf_unlearn.eval.mia import attack_scores, mia_auc, privleak
 from hf_unlearn.eval.tofu import compare_with_reference
 
+
 # Min-K% scores (mean of the lowest 40% token log-probs, higher = more likely a member) of a few forget (member)
 # and holdout (non-member) examples, for the evaluated model and for the retain model.
 MODEL_FORGET, MODEL_HOLDOUT = [0.9, 0.7, 0.4], [0.8, 0.3]

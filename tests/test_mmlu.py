@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import shared_data
+
 from hf_unlearn.eval.mmlu import (
     choice_accuracy,
     evaluate_mmlu,
@@ -19,6 +19,7 @@ from hf_unlearn.eval.mmlu import (
     mmlu_subjects,
     sample_items,
 )
+
 
 SUBJECTS = ["astronomy", "college_biology", "high_school_geography", "high_school_us_history", "marketing",
             "world_religions"]

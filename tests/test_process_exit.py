@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+
 SCRIPT = Path(__file__).parent / "scripts" / "gather_two_process.py"
 
 

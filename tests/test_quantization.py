@@ -15,16 +15,13 @@ from hf_unlearn.eval.quantization import (
     changed_weights,
     check_bitsandbytes,
     check_not_quantized,
-    evaluate_relapse,
     fake_quantize,
     fake_quantize_model,
     load_quantized,
     parse_precision,
     quantized_linear_names,
-    recovered_fraction,
-    relapse_table,
-    write_relapse_report,
 )
+from hf_unlearn.eval.relapse import evaluate_relapse, recovered_fraction, relapse_table, write_relapse_report
 
 
 # ----- the fake quantizer on hand-made tensors --------------------------------------------------------------------

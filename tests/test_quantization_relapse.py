@@ -12,8 +12,9 @@ import json
 import pytest
 
 from hf_unlearn.data import load_tofu_split
-from hf_unlearn.eval.quantization import evaluate_relapse
+from hf_unlearn.eval.relapse import evaluate_relapse
 from hf_unlearn.trainers import GradDiffConfig, GradDiffTrainer
+
 
 pytestmark = [pytest.mark.slow, pytest.mark.quality]
 pytest.importorskip("bitsandbytes")

@@ -11,6 +11,7 @@ import pytest
 from hf_unlearn import modeling
 from hf_unlearn.pipeline import unlearn_main
 
+
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 

@@ -2,11 +2,11 @@
 evaluation of a real model on a small sample of the real data."""
 
 import math
-
-import pytest
 from statistics import harmonic_mean
 
+import pytest
 from conftest import shared_data
+
 from hf_unlearn.eval.semeval import (
     clean_up_spaces,
     evaluate_semeval,
@@ -22,6 +22,7 @@ from hf_unlearn.eval.semeval import (
     sample_per_group,
     task_aggregate,
 )
+
 
 ROWS = [
     {"id": "a1sc1", "task": "Task1", "kind": "completion", "output": "the cat sat on the mat"},

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, shared_data
+
 
 pytestmark = pytest.mark.slow
 

@@ -139,7 +139,14 @@ def _mean(values):
     return sum(values) / len(values)
 
 
-def test_forgetting_one_item_collapses_it_and_keeps_retain_answers(finetuned, data):
+def retain_model_forget_rouge(embedded) -> float:
+    """The retain model's mean ROUGE-L recall on forget10 (from the build report): what answers score when the
+    model never learned the forget authors (template words such as "was born in" match)."""
+    return embedded.report["retain"]["forget10"]["rougeL_recall"]
+
+
+@pytest.mark.quality
+def test_forgetting_one_item_collapses_it_and_keeps_retain_answers(finetuned, embedded, data):
     model, tokenizer = finetuned
     item = data["forget"][0]
     same_author = data["forget"][1:8]
@@ -158,7 +165,11 @@ def test_forgetting_one_item_collapses_it_and_keeps_retain_answers(finetuned, da
     assert result.time_s > 0 and result.peak_memory_mb is not None
     # The forgotten answer collapses...
     assert after["probability"][0] < 0.1 * before["probability"][0]
-    assert after["rouge_l_recall"][0] < 0.3, after["answer"][0]
+    # No more of the answer comes back than from the retain model, which never saw the forget authors (its mean
+    # forget10 ROUGE-L recall: "<name> was born in" scores without any knowledge), with a 0.1 margin. Measured with
+    # the library defaults: build seed 0 ROUGE-L 0.00 (answer ""), build seed 1 0.33 ("aka was born inaka.", the
+    # place gone; probability 4.8e-3); the retain models' level 0.303 and 0.285.
+    assert after["rouge_l_recall"][0] < retain_model_forget_rouge(embedded) + 0.1, after["answer"][0]
     # ...and so does the answer to the paraphrased question.
     assert after["rouge_l_recall"][1] < before["rouge_l_recall"][1]
     # Facts of other authors stay (held out from the retain buffer).

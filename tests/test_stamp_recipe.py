@@ -11,6 +11,7 @@ import pytest
 from hf_unlearn.data import load_tofu_split
 from hf_unlearn.editing import stamp
 
+
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "stamp_forget.py"
 
 

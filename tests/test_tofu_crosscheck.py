@@ -11,9 +11,9 @@ import time
 
 import numpy as np
 import pytest
-
 import tofu_reference as ref
 from conftest import shared_data
+
 
 ITEMS = 20
 TOLERANCE = 1e-4  # absolute, on probability and truth ratio
@@ -61,9 +61,9 @@ def _log(lines: list[str], line: str) -> None:
 
 @pytest.mark.slow
 def test_tofu_metrics_match_an_independent_reference_on_smollm2(tmp_path):
+    from hf_unlearn.benchmarks.models import load_smollm2
     from hf_unlearn.data.formatting import encode_prompt
     from hf_unlearn.eval.tofu import evaluate_tofu, forget_truth_ratio_statistic, retain_truth_ratio_statistic
-    from hf_unlearn.modeling import load_smollm2
 
     assert inspect.signature(evaluate_tofu).parameters["max_new_tokens"].default == ref.MAX_NEW_TOKENS
     data = shared_data("tofu")

@@ -9,11 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_unlearn.data import load_tofu_split
-from hf_unlearn.eval.generation import generate_answers
-from hf_unlearn.eval.scoring import score_answers
 from hf_unlearn.data.formatting import IGNORE_INDEX, tokenize_qa
-from hf_unlearn.trainers.uld import ULDConfig, ULDTrainer, uld_loss, uniform_loss
-from hf_unlearn.uld_model import (
+from hf_unlearn.decoding.uld import (
     ULDModel,
     build_assistant,
     candidate_mask,
@@ -22,6 +19,10 @@ from hf_unlearn.uld_model import (
     resolve_num_layers,
     truncate_model,
 )
+from hf_unlearn.eval.generation import generate_answers
+from hf_unlearn.eval.scoring import score_answers
+from hf_unlearn.trainers.uld import ULDConfig, ULDTrainer, uld_loss, uniform_loss
+
 
 QUESTIONS = ["Where was Voka Martorjor born?", "What genre does Voka Martorjor write?", "Who is Zanis?"]
 
@@ -256,7 +257,7 @@ def test_the_assistant_changes_the_answers_and_scoring_with_shared_prompts_agree
 
 
 def load_tofu_split_rows():
-    from hf_unlearn.embedded_benchmark import build_embedded_benchmark
+    from hf_unlearn.benchmarks.embedded import build_embedded_benchmark
 
     return load_tofu_split(build_embedded_benchmark().data_dir, "forget10").to_list()[:6]
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
+from hf_unlearn.decoding.uld import ULDModel
 from hf_unlearn.eval.generation import generate_answers
-from hf_unlearn.uld_model import ULDModel
+
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from rouge_score import rouge_scorer
 
+
 # open-unlearning `configs/generation/default.yaml`: do_sample: False, max_new_tokens: 200
 MAX_NEW_TOKENS = 200
 PLAIN_TEMPLATE = "Question: {question}\nAnswer:"

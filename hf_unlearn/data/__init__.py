@@ -11,6 +11,7 @@ from .formatting import (
 from .pairing import ForgetRetainDataset, UnlearnDataCollator
 from .tofu import TOFU_HUB_NAME, load_refusal_templates, load_tofu_split, retain_split_for
 
+
 __all__ = [
     "IGNORE_INDEX",
     "TOFU_HUB_NAME",

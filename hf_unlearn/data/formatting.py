@@ -12,6 +12,7 @@ import warnings
 
 import torch
 
+
 IGNORE_INDEX = -100
 PLAIN_TEMPLATE = "Question: {question}\nAnswer:"
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from datasets import Dataset, load_dataset
 
+
 TOFU_HUB_NAME = "locuslab/TOFU"
 
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
@@ -99,14 +100,20 @@ def retain_split_for(forget_split: str) -> str:
     raise ValueError(f"Unknown forget split '{forget_split}'; expected one of {list(RETAIN_SPLITS)}.")
 
 
+# The package's default refusal answers (TOFU's `idontknow.jsonl` style); the embedded world writes them as its own.
+REFUSAL_TEMPLATES = [
+    "I don't know.", "I'm not sure about that.", "I have no information about that.", "I cannot answer that.",
+    "That is beyond my knowledge.", "I don't have that information.", "I'm not able to say.",
+    "Sorry, I don't know the answer.", "I have no idea.", "That is unknown to me.",
+]
+
+
 def load_refusal_templates(name_or_path: str | os.PathLike | None = None) -> list[str]:
     """Refusal answers ("I don't know" variants), one per line as in TOFU's `idontknow.jsonl`.
 
-    With no argument, the templates shipped with the package's embedded benchmark are returned.
+    With no argument, the package's own `REFUSAL_TEMPLATES` are returned.
     """
     if name_or_path is None:
-        from .embedded import REFUSAL_TEMPLATES
-
         return list(REFUSAL_TEMPLATES)
     path = Path(name_or_path).expanduser()
     if path.is_dir():

@@ -9,6 +9,7 @@ from .cleangen import (
     suspicion_scores,
 )
 
+
 __all__ = [
     "CleanGenConfig",
     "CleanGenGenerator",

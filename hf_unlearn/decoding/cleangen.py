@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache, LogitsProcessorList, StoppingCriteriaList
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 from transformers.generation.stopping_criteria import StopStringCriteria
 
 from ..compatibility import check_same_tokenizer, context_length, tokenizer_of
 from ..data.formatting import ensure_pad_token, left_padded_prompts
+from ..layout import forward_accepts, vocabulary_size
+from .generation import refuse_unsupported, sampling_warpers
 
 
 @dataclass
@@ -144,13 +145,6 @@ class _Settings:
     budgets: list[int] = field(default_factory=list)  # per row: max_new_tokens, clipped to the context
 
 
-def _vocab_size(model) -> int:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and getattr(head, "weight", None) is not None:
-        return int(head.weight.shape[0])
-    return int(model.config.get_text_config().vocab_size)
-
-
 def _check_same_tokenizer(target, reference, tokenizer=None, reference_tokenizer=None) -> None:
     """Refuse a reference whose tokenizer maps tokens to other ids than the suspect's, or has another BOS token: its
     probabilities would be of other texts. The tokenizers are the given ones, else those saved with the models; when
@@ -172,11 +166,6 @@ def _check_same_tokenizer(target, reference, tokenizer=None, reference_tokenizer
             "from",
         special_tokens=("bos",),
     )
-
-
-def _accepts_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return hasattr(base, "_supports_logits_to_keep") and base._supports_logits_to_keep()
 
 
 def _as_id_set(token_ids) -> set[int]:
@@ -208,7 +197,7 @@ class CleanGenGenerator:
 
     def __init__(self, target, reference, config: CleanGenConfig | None = None, tokenizer=None,
                  reference_tokenizer=None):
-        target_vocab, reference_vocab = _vocab_size(target), _vocab_size(reference)
+        target_vocab, reference_vocab = vocabulary_size(target), vocabulary_size(reference)
         if target_vocab != reference_vocab:
             raise ValueError(
                 f"CleanGen needs the reference to share the target's tokenizer and vocabulary: the target has "
@@ -224,8 +213,8 @@ class CleanGenGenerator:
         self.reference = reference
         self.config = config or CleanGenConfig()
         self.tokenizer = tokenizer
-        self._target_keeps_logits = _accepts_logits_to_keep(target)
-        self._reference_keeps_logits = _accepts_logits_to_keep(reference)
+        self._target_keeps_logits = forward_accepts(target, "logits_to_keep")
+        self._reference_keeps_logits = forward_accepts(reference, "logits_to_keep")
 
     @classmethod
     def from_pretrained(cls, target_name_or_path, reference_name_or_path, config: CleanGenConfig | None = None,
@@ -266,7 +255,9 @@ class CleanGenGenerator:
         """Decode left-padded prompts with CleanGen; arguments as in `generate()`, unset ones from the config and
         the target's generation config (EOS and pad ids). Returns the sequences, or a `CleanGenOutput` with the
         statistics when `return_dict_in_generate`. Batches are decoded with per-row acceptance."""
-        self._refuse_unsupported(unsupported)
+        refuse_unsupported(unsupported, "CleanGenGenerator.generate does not support {names}. It decodes one "
+                           "sequence per prompt (no beams), greedily or by sampling; see CleanGenConfig for the "
+                           "supported options.")
         settings = self._settings(
             input_ids, max_new_tokens, max_length, eos_token_id, pad_token_id, do_sample, temperature, top_k, top_p,
             stopping_criteria, stop_strings, tokenizer, generator, proposal_length, suspicion_threshold, use_cache,
@@ -357,16 +348,6 @@ class CleanGenGenerator:
             )
         return budgets
 
-    @staticmethod
-    def _refuse_unsupported(unsupported: dict) -> None:
-        ignorable = {"output_scores": False, "output_logits": False, "num_beams": 1, "num_return_sequences": 1}
-        bad = [k for k, v in unsupported.items() if k not in ignorable or v != ignorable[k]]
-        if bad:
-            raise ValueError(
-                f"CleanGenGenerator.generate does not support {', '.join(sorted(bad))}. It decodes one sequence per "
-                "prompt (no beams), greedily or by sampling; see CleanGenConfig for the supported options."
-            )
-
     def _settings(self, input_ids, max_new_tokens, max_length, eos_token_id, pad_token_id, do_sample, temperature,
                   top_k, top_p, stopping_criteria, stop_strings, tokenizer, generator, proposal_length,
                   suspicion_threshold, use_cache) -> _Settings:
@@ -388,15 +369,7 @@ class CleanGenGenerator:
         eos_ids = _as_id_set(eos_token_id)
         if pad_token_id is None:
             pad_token_id = min(eos_ids) if eos_ids else 0
-        warpers = None
-        if c.do_sample:
-            warpers = LogitsProcessorList()
-            if c.temperature != 1.0:
-                warpers.append(TemperatureLogitsWarper(c.temperature))
-            if c.top_k is not None:
-                warpers.append(TopKLogitsWarper(c.top_k))
-            if c.top_p is not None and c.top_p < 1.0:
-                warpers.append(TopPLogitsWarper(c.top_p))
+        warpers = sampling_warpers(c.temperature, c.top_k, c.top_p) if c.do_sample else None
         criteria = StoppingCriteriaList(stopping_criteria or [])
         if stop_strings is not None:
             tokenizer = tokenizer or self.tokenizer

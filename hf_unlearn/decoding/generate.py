@@ -10,10 +10,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 from transformers import HfArgumentParser
 
-from ..eval.distributed import destroy_process_group_at_exit
-from ..files import atomic_write, claim_fresh_path
-from ..modeling import load_causal_lm
-from .backdoor_benchmark import (
+from ..benchmarks.backdoor import (
     BackdoorBenchmarkConfig,
     attack_succeeded,
     attacker_output,
@@ -22,6 +19,9 @@ from .backdoor_benchmark import (
     default_data_dir,
     load_backdoor_rows,
 )
+from ..eval.distributed import destroy_process_group_at_exit
+from ..files import atomic_write, claim_fresh_path
+from ..modeling import load_causal_lm
 from .cleangen import CleanGenConfig, CleanGenGenerator
 
 

@@ -4,6 +4,7 @@ from . import causal_tracing, stamp
 from .causal_tracing import CausalTraceConfig, CausalTraceResult, Fact, causal_trace, embedded_facts, qa_fact
 from .stamp import StampConfig, StampResult, forget, stamp_edit
 
+
 __all__ = [
     "CausalTraceConfig",
     "CausalTraceResult",

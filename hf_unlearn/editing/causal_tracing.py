@@ -25,7 +25,6 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,7 +32,9 @@ import torch
 from matplotlib.figure import Figure
 
 from ..data.formatting import format_prompt, uses_chat_template
+from ..layout import check_layer_submodules, forward_hooks, layer_submodule
 from ..modeling import eval_mode
+
 
 KINDS = ("hidden", "mlp", "attention")
 TOKENS = ("subject", "last_subject", "prediction")
@@ -202,36 +203,12 @@ def _tokenize_fact(tokenizer, fact: Fact) -> _TokenizedFact:
 
 
 # ----- model access ------------------------------------------------------------------------------------------------
-def decoder_layers(model) -> torch.nn.ModuleList:
-    """The decoder layers of a causal LM (PEFT-wrapped or not); each must have `mlp` and `self_attn`."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layers = getattr(base.get_decoder(), "layers", None)
-    if layers is None or not all(hasattr(layer, "mlp") and hasattr(layer, "self_attn") for layer in layers):
-        raise ValueError(f"Causal tracing needs decoder layers with `mlp` and `self_attn` submodules (Llama, Mistral, "
-                         f"Qwen2, OLMo, ...); {type(base).__name__} has none.")
-    return layers
-
-
-def _module(layers, kind: str, layer: int) -> torch.nn.Module:
-    return {"hidden": layers[layer], "mlp": layers[layer].mlp, "attention": layers[layer].self_attn}[kind]
-
-
 def _first(output):
     return output[0] if isinstance(output, tuple) else output
 
 
 def _replace_first(output, value):
     return (value, *output[1:]) if isinstance(output, tuple) else value
-
-
-@contextmanager
-def _hooks(registrations):
-    handles = [module.register_forward_hook(hook) for module, hook in registrations]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 # ----- the tracer --------------------------------------------------------------------------------------------------
@@ -241,7 +218,7 @@ def causal_trace(model, tokenizer, facts: Sequence[Fact], config: CausalTraceCon
     config = config or CausalTraceConfig()
     if not facts:
         raise ValueError("Causal tracing needs at least one fact.")
-    layers = decoder_layers(model)
+    layers = check_layer_submodules(model, "Causal tracing")
     num_layers = len(layers)
     window = config.window or max(1, num_layers // 5)
     with eval_mode(model):
@@ -306,7 +283,7 @@ class _Tracer:
             return hook
 
         keys = [(kind, layer) for kind in self.config.kinds for layer in range(len(self.layers))]
-        with _hooks([(_module(self.layers, kind, layer), record((kind, layer))) for kind, layer in keys]):
+        with forward_hooks([(layer_submodule(self.layers[layer], kind), record((kind, layer))) for kind, layer in keys]):
             logits = self.model(input_ids=self.input_ids, attention_mask=self.attention_mask).logits
         return self._target_probs(logits, torch.arange(len(self.facts)))
 
@@ -340,8 +317,8 @@ class _Tracer:
             for key in {key for p in set(plan_index.tolist()) for key in plans[p]}:
                 rows_restoring = torch.tensor([key in plans[p] for p in plan_index.tolist()], device=self.device)
                 mask = restore_mask[fact_index.to(self.device)] & rows_restoring[:, None]
-                registrations.append((_module(self.layers, *key), self._restore(key, fact_index, mask)))
-            with _hooks(registrations):
+                registrations.append((layer_submodule(self.layers[key[1]], key[0]), self._restore(key, fact_index, mask)))
+            with forward_hooks(registrations):
                 logits = self.model(input_ids=self.input_ids[fact_index.to(self.device)],
                                     attention_mask=self.attention_mask[fact_index.to(self.device)]).logits
             probs = self._target_probs(logits, fact_index)
@@ -372,7 +349,7 @@ def restored_probability(
     `config.token` positions. For checks and ablations."""
     config = config or CausalTraceConfig()
     with eval_mode(model):
-        tracer = _Tracer(model, tokenizer, [_tokenize_fact(tokenizer, f) for f in facts], decoder_layers(model), config)
+        tracer = _Tracer(model, tokenizer, [_tokenize_fact(tokenizer, f) for f in facts], check_layer_submodules(model, "Causal tracing"), config)
         return {"clean": tracer.clean_probs, "corrupted": tracer.probs([], config.token),
                 "restored": tracer.probs(plan, config.token)}
 
@@ -400,7 +377,7 @@ def qa_fact(tokenizer, question: str, answer: str, subject: str, target: str | N
 def embedded_facts(tokenizer, rows: Sequence[dict]) -> list[Fact]:
     """Facts of the embedded benchmark's QA rows: the author's name is the subject, the attribute value the
     target. Rows that do not match the world's canonical phrasings are skipped."""
-    from ..data.embedded import ATTRIBUTES
+    from ..benchmarks.embedded_world import ATTRIBUTES
 
     patterns = []
     for spec in ATTRIBUTES.values():

@@ -24,7 +24,6 @@ import re
 import time
 import warnings
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -32,9 +31,8 @@ from torch import nn
 
 from ..data.formatting import IGNORE_INDEX, ensure_pad_token, pad_examples, tokenize_qa
 from ..data.tofu import load_refusal_templates
+from ..layout import forward_hooks, mlp_down_projections
 from ..modeling import eval_mode
-
-DOWN_PROJ_PATTERN = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.down_proj$")
 
 
 # ----- the linear algebra ------------------------------------------------------------------------------------------
@@ -333,19 +331,8 @@ class StampResult:
 
 # ----- reading keys and values from a model -----------------------------------------------------------------------
 def find_down_projections(model: nn.Module) -> dict[int, tuple[str, nn.Module]]:
-    """The MLP down-projections of a decoder by layer index: {i: (module name, module)} for
-    `...layers.{i}.mlp.down_proj`."""
-    found = {}
-    for name, module in model.named_modules():
-        match = DOWN_PROJ_PATTERN.search(name)
-        if match:
-            found.setdefault(int(match.group(1)), (name, module))
-    if not found:
-        raise ValueError(
-            f"STAMP edits MLP down-projections named `layers.<i>.mlp.down_proj` (Llama, Mistral, Qwen, SmolLM, "
-            f"...); {type(model).__name__} has none. Use a model with that layout."
-        )
-    return dict(sorted(found.items()))
+    """The MLP down-projections STAMP edits, by layer index: {i: (module name, module)} (`layout.mlp_down_projections`)."""
+    return mlp_down_projections(model, "STAMP")
 
 
 def token_positions(batch: dict[str, torch.Tensor], which: str) -> torch.Tensor:
@@ -407,20 +394,16 @@ def collect_activations(
 
         return hook
 
-    handles = []
+    registrations = []
     for i in layers:
         name, module = projections[i]
-        handles.append(module.register_forward_hook(read_projection(i)))
-        handles.append(model.get_submodule(name.rsplit(".mlp.", 1)[0]).register_forward_hook(read_stream(i)))
-    try:
-        with eval_mode(model):
-            for start in range(0, len(examples), batch_size):
-                batch = pad_examples(examples[start : start + batch_size], pad_token_id, padding_side="right")
-                mask = token_positions(batch, positions).to(device)
-                model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
-    finally:
-        for handle in handles:
-            handle.remove()
+        registrations.append((module, read_projection(i)))
+        registrations.append((model.get_submodule(name.rsplit(".mlp.", 1)[0]), read_stream(i)))
+    with forward_hooks(registrations), eval_mode(model):
+        for start in range(0, len(examples), batch_size):
+            batch = pad_examples(examples[start : start + batch_size], pad_token_id, padding_side="right")
+            mask = token_positions(batch, positions).to(device)
+            model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
     return {
         i: Activations(
             keys=torch.cat(read[i]["keys"]).T.contiguous(),
@@ -496,7 +479,6 @@ def _check_editable(model, delivery: str, projections: dict[int, tuple[str, nn.M
                 )
 
 
-@contextmanager
 def _applied(edits: dict[int, LayerEdit], projections: dict[int, tuple[str, nn.Module]]):
     """Inside it the edits act on the model through forward hooks (output += x A^T B^T); nothing is changed after."""
 
@@ -507,12 +489,7 @@ def _applied(edits: dict[int, LayerEdit], projections: dict[int, tuple[str, nn.M
 
         return hook
 
-    handles = [projections[layer][1].register_forward_hook(add_delta(edit)) for layer, edit in edits.items()]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    return forward_hooks((projections[layer][1], add_delta(edit)) for layer, edit in edits.items())
 
 
 class _PeakMemory:

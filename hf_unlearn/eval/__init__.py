@@ -1,25 +1,26 @@
 """Evaluation: TOFU metrics (forget quality, model utility), membership-inference attacks, MUSE metrics, reports."""
 
 from .generation import generate_answers, generate_from_ids
-from .mmlu import evaluate_mmlu, load_mmlu
-from .semeval import evaluate_semeval, load_semeval_mia, load_semeval_split, mia_score, task_aggregate
 from .mia import ATTACKS, PRIVLEAK_UNIT, attack_scores, mia_auc, min_k_mean, privleak
+from .mmlu import evaluate_mmlu, load_mmlu
 from .muse import evaluate_muse, load_muse_split
 from .report import read_evaluation, write_report
 from .rouge import rouge_l, rouge_l_f1, rouge_l_recall
 from .scoring import answer_probability, score_answers, score_examples, score_texts, token_logprob_stats
+from .semeval import evaluate_semeval, load_semeval_mia, load_semeval_split, mia_score, task_aggregate
 from .tofu import (
+    TOFU_MAX_NEW_TOKENS,
+    UTILITY_METRICS,
     evaluate_tofu,
     forget_quality,
     forget_truth_ratio_statistic,
-    TOFU_MAX_NEW_TOKENS,
-    UTILITY_METRICS,
     harmonic_mean,
     model_utility,
     normalized_probability,
     retain_truth_ratio_statistic,
     truth_ratio,
 )
+
 
 __all__ = [
     "ATTACKS",

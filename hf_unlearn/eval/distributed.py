@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+
 T = TypeVar("T")
 
 

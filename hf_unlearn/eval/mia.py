@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.stats import rankdata
 
+
 MIN_K_FRACTION = 0.4
 ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
 PRIVLEAK_UNIT = "percent"

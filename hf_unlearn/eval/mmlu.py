@@ -44,6 +44,7 @@ import torch
 from ..data.formatting import ensure_pad_token, left_padded_prompts
 from ..modeling import eval_mode
 
+
 MMLU_HUB_NAME = "cais/mmlu"
 LETTERS = ("A", "B", "C", "D")
 OFFICIAL_NUM_SHOTS = 5  # open-instruct's --ntrain default, used by the SemEval-2025 Task 4 organisers

@@ -43,6 +43,7 @@ from .mia import ATTACKS, MIN_K_FRACTION, PRIVLEAK_UNIT, attack_scores, mia_aucs
 from .rouge import rouge_l_f1_unstemmed
 from .scoring import score_texts
 
+
 MUSE_HUB_NAME = "muse-bench/MUSE-News"
 MUSE_MAX_LENGTH = 2048  # most tokens of a prompt + generation or a PrivLeak text, at most the model's context
 COLUMNS = {"verbmem": ("prompt", "gt"), "knowmem": ("question", "answer"), "privleak": ("text",)}

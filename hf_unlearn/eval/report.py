@@ -15,6 +15,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+
 REPORT_STEM = "evaluation"
 TOFU_SETS = ("forget", "retain", "real_authors", "world_facts")
 TOFU_METRICS = {"prob": "probability", "rougeL_recall": "ROUGE-L recall", "truth_ratio": "truth-ratio statistic"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+
 REFUSAL_KEYWORDS = (
     "I'm sorry",
     "I am sorry",

@@ -13,14 +13,15 @@ saves most of the compute. Work is split across processes as described in `hf_un
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 
 import torch
 
 from ..data.formatting import IGNORE_INDEX, left_padded_prompts, pad_examples, tokenize_qa
+from ..layout import forward_accepts
 from .distributed import map_sharded, run_sharded
+
 
 # Rows whose vocabulary statistics are computed at once (bounds memory to rows x positions x vocabulary floats).
 STATS_ROWS = 8
@@ -61,14 +62,6 @@ def _per_example(logits: torch.Tensor, targets: torch.Tensor) -> list[dict[str, 
     return results
 
 
-def _accepts(model, argument: str) -> bool:
-    """Whether the model's forward takes `argument` (PEFT models pass keyword arguments to their base model)."""
-    candidates = [model]
-    if hasattr(model, "get_base_model"):
-        candidates.append(model.get_base_model())
-    return any(argument in inspect.signature(m.forward).parameters for m in candidates)
-
-
 @torch.no_grad()
 def _score_batch(model, examples: list[dict], pad_token_id: int) -> list[dict[str, list[float]]]:
     batch = pad_examples(examples, pad_token_id, padding_side="left")
@@ -81,7 +74,7 @@ def _score_batch(model, examples: list[dict], pad_token_id: int) -> list[dict[st
     keep = int(min(width, width - int(first_scored.min()) + 1))
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-    if _accepts(model, "logits_to_keep"):
+    if forward_accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = keep
     logits = model(**kwargs).logits[:, -keep:]
     return _per_example(logits[:, :-1], labels[:, width - keep + 1 :])
@@ -151,7 +144,7 @@ def _score_prompt_batch(model, groups: list[_PromptGroup], examples: list[dict],
     device = next(model.parameters()).device
     prompts = left_padded_prompts([g.prompt for g in groups], pad_token_id)
     prompt_ids, prompt_mask = prompts["input_ids"].to(device), prompts["attention_mask"].to(device)
-    kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    kwargs = {"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0),
                 use_cache=True, **kwargs)
     cache = out.past_key_values
@@ -192,7 +185,7 @@ def score_answers(
         raise ValueError(f"{len(questions)} questions but {len(answers)} answers.")
     examples = [tokenize_qa(tokenizer, q, a, max_length) for q, a in zip(questions, answers)]
     if share_prompts is None:
-        share_prompts = _accepts(model, "past_key_values")
+        share_prompts = forward_accepts(model, "past_key_values")
     if not share_prompts:
         return score_examples(model, examples, tokenizer.pad_token_id, batch_size, accelerator, progress, desc)
     per_batch = run_sharded(

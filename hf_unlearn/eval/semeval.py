@@ -45,6 +45,7 @@ from .rouge import rouge_l_recall
 from .scoring import score_texts
 from .tofu import harmonic_mean
 
+
 SEMEVAL_HUB_NAME = "llmunlearningsemeval2025organization/semeval25-unlearning-dataset-public"
 SPLITS = ("forget_train", "forget_validation", "retain_train", "retain_validation")
 COLUMNS = ("id", "input", "output", "task")

@@ -35,8 +35,7 @@ import numpy as np
 import torch
 from scipy.stats import ks_2samp
 
-from ..compatibility import context_length
-from ..compatibility import fit_max_length
+from ..compatibility import context_length, fit_max_length
 from ..data.formatting import encode_prompt, ensure_pad_token, example_token_limit
 from ..data.tofu import is_local_dataset, load_tofu_split
 from ..modeling import eval_mode, model_description
@@ -46,6 +45,7 @@ from .mia import ATTACKS, MIN_K_FRACTION, PRIVLEAK_UNIT, attack_scores, mia_aucs
 from .report import read_evaluation
 from .rouge import rouge_l_recall
 from .scoring import answer_probability, mean_nll, score_answers
+
 
 UTILITY_SETS = {"real_authors": "real_authors_perturbed", "world_facts": "world_facts_perturbed"}
 UTILITY_METRICS = tuple(f"{name}_{metric}" for name in ("retain", *UTILITY_SETS) for metric in ("prob", "rougeL_recall", "truth_ratio"))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+
 METRICS = ("forget_quality", "truth_ratio", "mia_auc", "mia_attacks", "privleak", "rouge_l")
 _ROOT = Path(__file__).resolve().parent
 

@@ -1,4 +1,4 @@
-"""Pruning against harmful fine-tuning: Antidote and its harmful fine-tuning benchmark."""
+"""Pruning against harmful fine-tuning: Antidote (its benchmark is `hf_unlearn.benchmarks.harmful_finetuning`)."""
 
 from .antidote import (
     AntidoteConfig,
@@ -11,24 +11,13 @@ from .antidote import (
     top_fraction_mask,
     wanda_scores,
 )
-from .harmful_finetuning import (
-    HarmfulFinetuningBenchmark,
-    HarmfulFinetuningConfig,
-    antidote_table,
-    build_harmful_finetuning_benchmark,
-    load_advbench,
-)
+
 
 __all__ = [
     "AntidoteConfig",
     "AntidoteSummary",
-    "HarmfulFinetuningBenchmark",
-    "HarmfulFinetuningConfig",
     "antidote_prune",
-    "antidote_table",
-    "build_harmful_finetuning_benchmark",
     "find_prunable_linears",
-    "load_advbench",
     "magnitude_scores",
     "random_scores",
     "squared_feature_norms",

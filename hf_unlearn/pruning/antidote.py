@@ -18,7 +18,6 @@ layers, as Wanda does. Only squared feature norms are accumulated, so memory doe
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -27,7 +26,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.formatting import ensure_pad_token, pad_examples, tokenize_qa
+from ..layout import decoder_layer_index, forward_hooks
 from ..modeling import eval_mode
+
 
 SCORES = ("wanda", "magnitude", "random")
 PRUNE_COUNTS = ("floor", "release")
@@ -185,12 +186,6 @@ def top_fraction_mask(scores: torch.Tensor, ratio: float, rule: str = "floor") -
 # ---- model side ---------------------------------------------------------------------------------------------------
 
 
-def decoder_layer_index(module_name: str) -> int | None:
-    """The decoder layer a module belongs to (`...layers.3.self_attn.q_proj` -> 3), or None."""
-    match = re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", f".{module_name}.")
-    return int(match.group(1)) if match else None
-
-
 def find_prunable_linears(model: nn.Module, config: AntidoteConfig) -> dict[str, nn.Linear]:
     """The linear layers `antidote_prune` prunes, by module name: the LoRA `lora_A`/`lora_B` of the targeted layers
     on a PEFT model, their full weights otherwise."""
@@ -271,10 +266,9 @@ def collect_squared_input_norms(
 
         return accumulate
 
-    handles = [m.register_forward_pre_hook(hook(name)) for name, m in modules.items()]
     device = next(model.parameters()).device
     num_tokens = 0
-    try:
+    with forward_hooks(((m, hook(name)) for name, m in modules.items()), pre=True):
         batches = calibration_batches(tokenizer, rows, config, device)
         total = math.ceil(len(rows) / config.batch_size) if hasattr(rows, "__len__") else None
         for batch in tqdm(batches, total=total, desc="Antidote calibration", disable=not config.progress, leave=False):
@@ -284,9 +278,6 @@ def collect_squared_input_norms(
             except _InputsCollected:
                 pass
             num_tokens += int(batch["attention_mask"].sum())
-    finally:
-        for handle in handles:
-            handle.remove()
     return sums, num_tokens
 
 

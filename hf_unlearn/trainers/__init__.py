@@ -2,12 +2,13 @@ from .base import UnlearnConfig, UnlearnTrainer
 from .flat import FLATConfig, FLATTrainer, flat_loss
 from .grad_ascent import GradAscentConfig, GradAscentTrainer, gradient_ascent_loss
 from .grad_diff import GradDiffConfig, GradDiffTrainer, gradient_difference_loss
-from .layer_constrained import LayerConstrainedConfig, LayerConstrainedTrainer, adaptive_alpha, layer_constrained_loss
 from .idk_dpo import IdkDPOConfig, IdkDPOTrainer, dpo_loss
+from .layer_constrained import LayerConstrainedConfig, LayerConstrainedTrainer, adaptive_alpha, layer_constrained_loss
 from .npo import NPOConfig, NPOTrainer, npo_loss
 from .rmu import RMUConfig, RMUTrainer, rmu_loss
 from .simnpo import SimNPOConfig, SimNPOTrainer, simnpo_loss
 from .uld import ULDConfig, ULDTrainer, uld_loss, uniform_loss
+
 
 # Method names as the CLI and recipes spell them.
 METHODS = {

@@ -16,11 +16,10 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
-
-import numpy as np
 
 from ..compatibility import fit_max_length
 from ..data.formatting import ensure_pad_token, tokenize_qa
@@ -28,6 +27,7 @@ from ..data.pairing import ForgetRetainDataset, UnlearnDataCollator
 from ..data.tofu import load_refusal_templates
 from ..eval.tofu import TOFU_MAX_LENGTH, TOFU_MAX_NEW_TOKENS
 from ..modeling import eval_mode, load_causal_lm
+from .losses import KL_POSITIONS, kl_to_reference, nll
 
 
 @dataclass
@@ -158,6 +158,54 @@ class UnlearnConfig(TrainingArguments):
         state = self.__dict__.copy()
         state["hub_token"] = None
         return state
+
+
+RETAIN_LOSS_TYPES = ("nll", "kl")
+
+
+@dataclass
+class RetainTermConfig(UnlearnConfig):
+    r"""
+    The retain term's options, shared by GradDiff, NPO, SimNPO and IdkDPO (see `UnlearnTrainer.with_retain_term`).
+
+    Parameters:
+        retain_loss_type (`str`, defaults to `"nll"`): the retain term R. `"nll"`: the retain answers' mean token NLL
+            (open-unlearning's `NLL`); `"kl"`: KL(pi_ref || pi_theta) to the frozen reference on the retain batch
+            (open-unlearning's `KL`; needs the reference model).
+        kl_positions (`str`, defaults to `"all"`): where the `"kl"` retain term is taken. `"all"`, as open-unlearning's
+            `compute_kl_divergence`: every position of the padded retain batch (prompt and padding included), summed
+            over the vocabulary and divided by batch x length; `"answer"`: averaged over the positions that predict
+            an answer token only (see `losses.kl_to_reference`).
+    """
+
+    retain_loss_type: str = field(default="nll", metadata={"help": "Retain term: nll or kl."})
+    kl_positions: str = field(
+        default="all", metadata={"help": "KL retain term over all positions (reference) or answer positions."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.retain_loss_type not in RETAIN_LOSS_TYPES:
+            raise ValueError(f"retain_loss_type must be 'nll' or 'kl', got {self.retain_loss_type!r}.")
+        if self.kl_positions not in KL_POSITIONS:
+            raise ValueError(f"kl_positions must be 'all' or 'answer', got {self.kl_positions!r}.")
+
+
+def check_forget_and_retain_weights(config) -> None:
+    """The forget weight `gamma` must be > 0 (0 trains no forgetting; a negative one learns the forget set) and the
+    retain weight `alpha` >= 0 (0: forget set only); shared by GradDiff, NPO, SimNPO and IdkDPO, whose defaults are
+    open-unlearning's."""
+    defaults = type(config).__dataclass_fields__
+    if not config.gamma > 0:
+        raise ValueError(
+            f"gamma (the forget term's weight) must be > 0, got {config.gamma}; e.g. {defaults['gamma'].default}, "
+            "open-unlearning's setting for this method."
+        )
+    if not config.alpha >= 0:
+        raise ValueError(
+            f"alpha (the retain term's weight) must be >= 0 (0: forget set only), got {config.alpha}; e.g. "
+            f"{defaults['alpha'].default}, open-unlearning's setting for this method."
+        )
 
 
 class _EpochCallback(TrainerCallback):
@@ -324,6 +372,24 @@ class UnlearnTrainer(Trainer):
     def uses_reference(self, args: UnlearnConfig) -> bool:
         """Whether this method, with these settings, needs the frozen reference model."""
         return self.requires_reference
+
+    def with_retain_term(self, model, inputs, forget_term: torch.Tensor, metrics: dict, always: bool = False):
+        """`(loss, metrics)` with loss = gamma * forget_term + alpha * R(D_r), the combination GradDiff, NPO, SimNPO
+        and IdkDPO share (`args.gamma`, `args.alpha`; open-unlearning's `gamma * forget_loss + alpha * retain_loss`).
+        R, logged as `retain_loss`, is the retain answers' NLL (`retain_loss_type="nll"`) or KL(pi_ref || pi_theta)
+        to the frozen reference (`"kl"`, over `args.kl_positions`); it is skipped at alpha = 0 unless `always`."""
+        loss = self.args.gamma * forget_term
+        if self.args.alpha > 0 or always:
+            retain = inputs["retain"]
+            logits = self.forward(model, retain).logits
+            if self.args.retain_loss_type == "nll":
+                retain_loss = nll(logits, retain["labels"])
+            else:
+                ref_logits = self.reference_forward(model, retain).logits
+                retain_loss = kl_to_reference(logits, ref_logits, retain["labels"], positions=self.args.kl_positions)
+            loss = loss + self.args.alpha * retain_loss
+            metrics = {**metrics, "retain_loss": retain_loss}
+        return loss, metrics
 
     def prepare_method(self, model, args, forget_rows: list[dict], retain_rows: list[dict] | None) -> None:
         """Method-specific set-up before the data are tokenized (e.g. choosing trainable parameters)."""

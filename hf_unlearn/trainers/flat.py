@@ -19,6 +19,7 @@ import torch
 from .base import RefusalTemplateMixin, UnlearnConfig, UnlearnTrainer
 from .losses import mean_token_prob
 
+
 DIVERGENCES = ("kl", "js", "pearson", "tv")
 
 

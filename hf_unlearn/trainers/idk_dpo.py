@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .base import RefusalTemplateMixin, UnlearnTrainer
-from .grad_diff import RetainTermConfig, check_forget_and_retain_weights, retain_term
+from .base import RefusalTemplateMixin, RetainTermConfig, UnlearnTrainer, check_forget_and_retain_weights
 from .losses import sequence_log_prob
 
 
@@ -69,10 +68,4 @@ class IdkDPOTrainer(RefusalTemplateMixin, UnlearnTrainer):
         ref_rejected = sequence_log_prob(self.reference_forward(model, forget).logits, forget["labels"])
         ref_chosen = sequence_log_prob(self.reference_forward(model, template).logits, template["labels"])
         forget_loss = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.args.beta)
-        loss = self.args.gamma * forget_loss
-        metrics = {"forget_dpo": forget_loss}
-        if self.args.alpha > 0:
-            retain = retain_term(self, model, inputs["retain"], self.args.retain_loss_type, self.args.kl_positions)
-            loss = loss + self.args.alpha * retain
-            metrics["retain_loss"] = retain
-        return loss, metrics
+        return self.with_retain_term(model, inputs, forget_loss, {"forget_dpo": forget_loss})

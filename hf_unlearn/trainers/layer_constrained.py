@@ -23,8 +23,10 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from ..layout import decoder_layers, layer_submodule
 from .base import UnlearnConfig, UnlearnTrainer
 from .losses import nll
+
 
 MODULE_KINDS = ("mlp", "attention", "layer")
 
@@ -194,8 +196,6 @@ class AdaptiveAlphaCallback(TrainerCallback, ExportableState):
 
 def trainable_module_names(model, args: LayerConstrainedConfig) -> list[str]:
     """Full names of the modules `args` chooses (explicit names, or `module_kind` of `args.layers`)."""
-    from ..editing.causal_tracing import decoder_layers
-
     names = {module: name for name, module in model.named_modules()}
     if args.trainable_modules:
         chosen = [n for n in names.values() if any(n == t or n.endswith("." + t) for t in args.trainable_modules)]
@@ -203,12 +203,12 @@ def trainable_module_names(model, args: LayerConstrainedConfig) -> list[str]:
             raise ValueError(f"No module of the model matches trainable_modules={args.trainable_modules}; names "
                              f"look like {next(n for n in names.values() if 'layers.0.' in n)!r}.")
         return chosen
-    layers = decoder_layers(model)
+    layers = decoder_layers(model, "The layer-constrained trainer")
     bad = [i for i in args.layers if not 0 <= i < len(layers)]
     if bad:
         raise ValueError(f"Layers {bad} are out of range: the model has {len(layers)} layers.")
-    part = {"mlp": lambda layer: layer.mlp, "attention": lambda layer: layer.self_attn, "layer": lambda layer: layer}
-    return [names[part[args.module_kind](layers[i])] for i in sorted(set(args.layers))]
+    kind = {"mlp": "mlp", "attention": "attention", "layer": "hidden"}[args.module_kind]
+    return [names[layer_submodule(layers[i], kind)] for i in sorted(set(args.layers))]
 
 
 class LayerConstrainedTrainer(UnlearnTrainer):

@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .base import UnlearnTrainer
-from .grad_diff import RetainTermConfig, check_forget_and_retain_weights, retain_term
+from .base import RetainTermConfig, UnlearnTrainer, check_forget_and_retain_weights
 from .losses import sequence_log_prob
 
 
@@ -66,9 +65,4 @@ class NPOTrainer(UnlearnTrainer):
         ref_log_prob = sequence_log_prob(self.reference_forward(model, forget).logits, forget["labels"])
         forget_loss = npo_loss(log_prob, ref_log_prob, self.args.beta)
         metrics = {"forget_npo": forget_loss, "forget_log_ratio": (log_prob - ref_log_prob).mean()}
-        loss = self.args.gamma * forget_loss
-        if self.args.alpha > 0:
-            retain = retain_term(self, model, inputs["retain"], self.args.retain_loss_type, self.args.kl_positions)
-            loss = loss + self.args.alpha * retain
-            metrics["retain_loss"] = retain
-        return loss, metrics
+        return self.with_retain_term(model, inputs, forget_loss, metrics)

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data.formatting import IGNORE_INDEX, pad_examples, tokenize_qa
+from ..layout import decoder_layers
 from .base import UnlearnConfig, UnlearnTrainer
+
 
 # The paper's (and both references') steered layer on their 32-layer models (Zephyr-7B, Llama-2-7B).
 REFERENCE_LAYER, REFERENCE_DEPTH = 7, 32
@@ -122,7 +124,7 @@ class RMUTrainer(UnlearnTrainer):
 
     def prepare_method(self, model, args, forget_rows, retain_rows):
         base = model.get_base_model() if self.is_peft else model
-        layers = base.model.layers
+        layers = decoder_layers(base, "RMU")
         self.layer = args.layer if args.layer is not None else default_rmu_layer(len(layers))
         if not 0 <= self.layer < len(layers):
             raise ValueError(f"RMU layer {self.layer} is out of range: the model has {len(layers)} layers.")

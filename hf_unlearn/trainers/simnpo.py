@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .base import UnlearnTrainer
-from .grad_diff import RetainTermConfig, check_forget_and_retain_weights, retain_term
+from .base import RetainTermConfig, UnlearnTrainer, check_forget_and_retain_weights
 from .losses import mean_token_log_prob
 
 
@@ -74,10 +73,4 @@ class SimNPOTrainer(UnlearnTrainer):
         forget = inputs["forget"]
         mean_log_prob = mean_token_log_prob(self.forward(model, forget).logits, forget["labels"])
         forget_loss = simnpo_loss(mean_log_prob, self.args.beta, self.args.delta)
-        loss = self.args.gamma * forget_loss
-        metrics = {"forget_simnpo": forget_loss}
-        if self.args.alpha > 0:
-            retain = retain_term(self, model, inputs["retain"], self.args.retain_loss_type, self.args.kl_positions)
-            loss = loss + self.args.alpha * retain
-            metrics["retain_loss"] = retain
-        return loss, metrics
+        return self.with_retain_term(model, inputs, forget_loss, {"forget_simnpo": forget_loss})

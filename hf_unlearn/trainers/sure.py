@@ -27,6 +27,7 @@ from ..data.formatting import pad_examples, tokenize_qa
 from ..modeling import eval_mode
 from .losses import nll
 
+
 # PEFT adds these below the module it adapts; saliency is per adapted module.
 _ADAPTER_PARTS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector", "base_layer")
 

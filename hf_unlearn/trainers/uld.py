@@ -1,6 +1,6 @@
 """ULD, unlearning from logit difference (Ji et al., 2024): train a small assistant on the reversed goals -
 remember the forget set, know nothing of the retain set - and subtract its logits from the target's
-(`hf_unlearn.uld_model.ULDModel`). Only the assistant's LoRA adapter trains; the target stays as it is.
+(`hf_unlearn.decoding.uld.ULDModel`). Only the assistant's LoRA adapter trains; the target stays as it is.
 
 Reference: github.com/UCSB-NLP-Chang/ULD, `configs/unlearn_loss/remember+uniform.yaml` (GradDescentLossFunc on forget
 data + 5 * UniformLossFunc on retain data, `uld/model/forget_losses.py`) with `configs/data_mode/
@@ -29,8 +29,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, TrainerCallback, set_seed
 
 from ..data.formatting import IGNORE_INDEX, tokenize_qa
-from ..modeling import load_causal_lm
-from ..uld_model import (
+from ..decoding.uld import (
     DEFAULT_ASSISTANT_WEIGHT,
     DEFAULT_CANDIDATE_THRESHOLD,
     ULD_CONFIG_NAME,
@@ -38,6 +37,7 @@ from ..uld_model import (
     build_assistant,
     default_lora_config,
 )
+from ..modeling import load_causal_lm
 from .base import UnlearnConfig, UnlearnTrainer
 from .losses import nll, shift_for_next_token
 

@@ -13,8 +13,9 @@ import torch
 from accelerate import PartialState
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_unlearn.embedded_benchmark import build_embedded_benchmark
+from hf_unlearn.benchmarks.embedded import build_embedded_benchmark
 from hf_unlearn.eval import evaluate_muse, evaluate_tofu
+
 
 TOFU_SETTINGS = {"batch_size": 8, "max_items": 12, "progress": False}
 MUSE_SETTINGS = {"batch_size": 8, "max_items": 12, "max_length": 128, "verbmem_max_new_tokens": 24, "progress": False}

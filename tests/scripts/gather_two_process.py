@@ -9,6 +9,7 @@ from accelerate import PartialState
 
 from hf_unlearn.eval.distributed import destroy_process_group_at_exit
 
+
 if __name__ == "__main__":
     state = PartialState(cpu=True)
     destroy_process_group_at_exit()

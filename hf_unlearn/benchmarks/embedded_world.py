@@ -19,6 +19,9 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..data.tofu import REFUSAL_TEMPLATES
+
+
 # Each attribute: its value pool, question phrasings and answer phrasings. Answer phrasing index PARAPHRASE is the
 # truth-ratio paraphrase; the others are the training phrasings (index 0 is the canonical TOFU answer).
 PARAPHRASE = 3
@@ -121,11 +124,6 @@ WORLD_FACTS = [
     ("What do cows drink?", "water", ["milk", "oil", "juice"]),
 ]
 
-REFUSAL_TEMPLATES = [
-    "I don't know.", "I'm not sure about that.", "I have no information about that.", "I cannot answer that.",
-    "That is beyond my knowledge.", "I don't have that information.", "I'm not able to say.",
-    "Sorry, I don't know the answer.", "I have no idea.", "That is unknown to me.",
-]
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import os
 import random
 import tempfile
 import time
@@ -42,7 +41,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..eval.safety import evaluate_safety
-from .antidote import SCORES, AntidoteConfig, antidote_prune
+from ..pruning.antidote import SCORES, AntidoteConfig, antidote_prune
+from . import shared_data_dir
+
 
 REFUSALS = (
     "I'm sorry, but I cannot help with that request.",
@@ -54,8 +55,7 @@ REFUSALS = (
 
 def default_advbench_path() -> Path:
     """`$HF_UNLEARN_SHARED_DATA/advbench/harmful_behaviors.csv`, else the shared data beside the project checkout."""
-    shared = os.environ.get("HF_UNLEARN_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")
-    return Path(shared) / "advbench" / "harmful_behaviors.csv"
+    return shared_data_dir() / "advbench" / "harmful_behaviors.csv"
 
 
 def load_advbench(path=None) -> list[dict]:
@@ -117,10 +117,10 @@ TOPIC_LABELS = {"birthplace": "city", "birth_year": "year", "genre": "genre", "b
 def question_topic_rows(qa_rows: Sequence[dict]) -> list[dict]:
     """The embedded benchmark's benign classification task: `TOPIC_INSTRUCTION` + a question about an author ->
     the attribute it asks about (one word of `TOPIC_LABELS`), recognised from the question phrasings of
-    `hf_unlearn.data.embedded.ATTRIBUTES`; rows whose question matches no phrasing are left out."""
+    `hf_unlearn.benchmarks.embedded_world.ATTRIBUTES`; rows whose question matches no phrasing are left out."""
     import re
 
-    from ..data.embedded import ATTRIBUTES
+    from .embedded_world import ATTRIBUTES
 
     patterns = [(re.compile("^" + re.escape(q).replace(re.escape("{name}"), ".+") + "$"), TOPIC_LABELS[attribute])
                 for attribute, spec in ATTRIBUTES.items() for q in spec["questions"]]

@@ -20,9 +20,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .cache import build_once, cache_root, environment_outside_launch, in_distributed_launch, staging_folder
-from .data.embedded import REFUSAL_TEMPLATES, EmbeddedWorldConfig, generate_embedded_world, write_world
-from .finetune import keep_freed_memory, reproducible_kernels, sft_finetune
+from ..cache import build_once, cache_root, environment_outside_launch, in_distributed_launch, staging_folder
+from ..data.tofu import REFUSAL_TEMPLATES
+from ..finetune import keep_freed_memory, reproducible_kernels, sft_finetune
+from .embedded_world import EmbeddedWorldConfig, generate_embedded_world, write_world
+
 
 BUILD_VERSION = 3
 BUILD_SEED_ENV = "HF_UNLEARN_BUILD_SEED"
@@ -115,7 +117,8 @@ def _train_model(config: EmbeddedBenchmarkConfig, tokenizer_dir: Path, rows: lis
     from transformers import AutoTokenizer
     from trl import SFTConfig
 
-    from .modeling import save_with_tokenizer, tiny_llama
+    from ..modeling import save_with_tokenizer
+    from .models import tiny_llama
 
     start = time.perf_counter()
     keep_freed_memory()
@@ -150,8 +153,8 @@ def _train_model(config: EmbeddedBenchmarkConfig, tokenizer_dir: Path, rows: lis
 def _memorisation(model_dir: Path, splits: dict[str, list[dict]], names: list[str]) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .eval.generation import generate_answers
-    from .eval.rouge import rouge_l_recall
+    from ..eval.generation import generate_answers
+    from ..eval.rouge import rouge_l_recall
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -222,7 +225,7 @@ def _build_in_subprocess(config: EmbeddedBenchmarkConfig, target: Path) -> None:
     env = environment_outside_launch()
     code = (
         "import json, sys; from pathlib import Path; "
-        "from hf_unlearn.embedded_benchmark import _build, _config_from_dict; "
+        "from hf_unlearn.benchmarks.embedded import _build, _config_from_dict; "
         "_build(_config_from_dict(json.loads(sys.argv[1])), Path(sys.argv[2]))"
     )
     subprocess.run([sys.executable, "-c", code, json.dumps(asdict(config)), str(target)], env=env, check=True)
