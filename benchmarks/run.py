@@ -101,12 +101,13 @@ def real_tier() -> dict:
     retained ones (the retain model), both cached."""
     from trl import SFTConfig
 
+    from hf_unlearn.benchmarks import shared_data_dir
     from hf_unlearn.benchmarks.models import load_smollm2
     from hf_unlearn.cache import cache_root
     from hf_unlearn.data import load_tofu_split
     from hf_unlearn.finetune import sft_finetune
 
-    source = Path(os.environ.get("HF_UNLEARN_SHARED_DATA", ROOT.parent / "shared" / "data")) / "tofu"
+    source = shared_data_dir() / "tofu"
     root = cache_root() / f"real_tofu{REAL_TIER_AUTHORS}"
     data = real_tier_data(source, root / "data")
     for name, split in (("finetuned", "full"), ("retain", "retain99")):

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from hf_unlearn.benchmarks import shared_data_dir
 from hf_unlearn.finetune import keep_freed_memory
 
 
@@ -34,7 +35,7 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: (item.get_closest_marker("slow") is None, "embedded" in item.fixturenames))
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("HF_UNLEARN_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED_DATA = shared_data_dir()
 # The training seed of the tests marked `quality` (they assert that a method forgets and keeps on the embedded
 # benchmark). Each of their thresholds was checked on build seeds 0 and 1 (HF_UNLEARN_BUILD_SEED) x training
 # seeds 0, 1 and 2: `HF_UNLEARN_BUILD_SEED=b HF_UNLEARN_TEST_SEED=s pytest -m quality`.

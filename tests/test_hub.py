@@ -222,9 +222,7 @@ def test_an_installed_wheel_renders_the_card_of_a_saved_run(run, tmp_path):
 
     output_dir, _ = run
     run_copy = tmp_path / "run"
-    shutil.copytree(output_dir, run_copy)
-    shutil.rmtree(run_copy / "model")
-    shutil.copytree(output_dir / "model", run_copy / "model", ignore=shutil.ignore_patterns("README.md"))
+    shutil.copytree(output_dir, run_copy, ignore=lambda folder, names: ["README.md"] if Path(folder).name == "model" else [])
     code = ("import hf_unlearn, sys; print(hf_unlearn.__file__); from hf_unlearn.cli import main; "
             "sys.exit(main(['card', '--run_dir', sys.argv[1], '--hub_model_id', 'me/from-wheel']))")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}

@@ -82,13 +82,13 @@ def test_layout_finds_the_layers_projections_and_vocabulary(architecture, tokeni
     assert layout.forward_accepts(model, "logits_to_keep") and not layout.forward_accepts(model, "no_such_argument")
     lora = LoraConfig(r=2, target_modules=["down_proj"])
     for wrapped in (model, get_peft_model(copy.deepcopy(model), lora)):
+        assert len(layout.decoder_layers(wrapped)) == NUM_LAYERS
         projections = layout.mlp_down_projections(wrapped)
         assert sorted(projections) == list(range(NUM_LAYERS))
         for index, (module_name, module) in projections.items():
             assert wrapped.get_submodule(module_name) is module  # the name is the model's own
             assert layout.decoder_layer_index(module_name) == index
         assert layout.forward_accepts(wrapped, "logits_to_keep")
-    assert layout.decoder_layers(get_peft_model(copy.deepcopy(model), lora)) is not None
 
 
 def test_layout_refuses_a_model_without_one_list_of_decoder_layers(tokenizer):

@@ -75,9 +75,10 @@ def _split_path(data_dir: Path, task: str, attack: str, split: str) -> Path:
     if task not in TASKS or split not in SPLITS:
         raise ValueError(f"Unknown BackdoorLLM set {task}/{attack}/{split}: tasks {TASKS}, splits {SPLITS}.")
     _check_attack_name(attack)
-    path = Path(data_dir) / task / (f"{split}.json" if split == "test_no_trigger" else f"{attack}/{split}.json")
+    task_dir = Path(data_dir) / task
+    path = task_dir / (f"{split}.json" if split == "test_no_trigger" else f"{attack}/{split}.json")
     if not path.is_file():
-        if split != "test_no_trigger" and not (Path(data_dir) / task / attack).is_dir() and (Path(data_dir) / task).is_dir():
+        if task_dir.is_dir() and not path.parent.is_dir():  # the data is there, the attack is not
             raise FileNotFoundError(f"No BackdoorLLM attack {attack!r} for {task} in {data_dir}: it has "
                                     f"{', '.join(available_attacks(data_dir, task)) or 'none'}.")
         raise FileNotFoundError(f"No BackdoorLLM file at {path}: pass the `backdoorllm` data folder as data_dir.")
